@@ -1,0 +1,292 @@
+"""The Keras model, its training and its serving signature (run_fn runs inside Trainer)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+from tfx import v1 as tfx
+from tfx_bsl.public import tfxio
+
+from components.features import missing_indicator_name, transformed_label
+from components.pusher.publish import TRAINING_RECORD, training_fingerprint
+from pipeline.config import FeatureConfig, ModelConfig, features_from_component_config
+
+SERVING_INPUT = "examples"
+SERVING_OUTPUT = "probabilities"
+
+log = logging.getLogger(__name__)
+
+
+def build_model(features: tuple[FeatureConfig, ...], model: ModelConfig) -> keras.Model:
+    """A feed-forward network over the transformed features: embeddings for categorical inputs,
+    z-scores and missing flags for numeric ones, then dense layers to one sigmoid output.
+
+    Layer names derive from feature names, so a warm start can match layers across versions.
+    """
+    keras.utils.set_random_seed(model.seed)
+    inputs, parts = {}, []
+    for f in features:
+        if f.kind == "numeric":
+            for name in (f.transformed_name, missing_indicator_name(f)):
+                inputs[name] = keras.Input(shape=(1,), name=name, dtype=tf.float32)
+                parts.append(inputs[name])
+        else:
+            inputs[f.transformed_name] = keras.Input(shape=(1,), name=f.transformed_name, dtype=tf.int64)
+            emb = keras.layers.Embedding(f.cardinality, model.embedding_dim, name=f"embedding_{f.name}")
+            parts.append(keras.layers.Flatten(name=f"flatten_{f.name}")(emb(inputs[f.transformed_name])))
+    x = keras.layers.Concatenate(name="concat")(parts) if len(parts) > 1 else parts[0]
+    for i, units in enumerate(model.hidden_units):
+        x = keras.layers.Dense(units, activation="relu", name=f"dense_{i}")(x)
+    output = keras.layers.Dense(1, activation="sigmoid", name="output")(x)
+    net = keras.Model(inputs=inputs, outputs=output)
+    net.compile(
+        optimizer=keras.optimizers.Adam(model.learning_rate),
+        loss=keras.losses.BinaryCrossentropy(),
+    )
+    return net
+
+
+def input_fn(
+    file_pattern: list[str],
+    data_accessor: Any,
+    tf_transform_output: tft.TFTransformOutput,
+    label: str,
+    batch_size: int,
+    seed: int,
+) -> tf.data.Dataset:
+    """Batches of (transformed features, label) from the transformed examples, repeated forever."""
+    return data_accessor.tf_dataset_factory(
+        file_pattern,
+        tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=transformed_label(label), shuffle_seed=seed),
+        tf_transform_output.transformed_metadata.schema,
+    ).repeat()
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """What a warm start did: how many layers took the base model's weights, and why others did not."""
+
+    base_model: Optional[str]
+    loaded: tuple[str, ...] = ()
+    fresh: tuple[tuple[str, str], ...] = ()
+    reason: str = ""
+
+    @property
+    def summary(self) -> str:
+        if not self.loaded:
+            return f"cold start: {self.reason}"
+        total = len(self.loaded) + len(self.fresh)
+        return f"warm-started from {self.base_model}: {len(self.loaded)} of {total} layers"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "base_model": self.base_model,
+            "loaded_layers": list(self.loaded),
+            "fresh_layers": [{"layer": n, "reason": r} for n, r in self.fresh],
+            "summary": self.summary,
+        }
+
+
+def _read_vocabulary(path: str) -> list[str]:
+    with tf.io.gfile.GFile(path, "r") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+def _base_vocabularies(base_model_dir: str) -> dict[str, list[str]]:
+    record = os.path.join(base_model_dir, str(TRAINING_RECORD))
+    if not tf.io.gfile.exists(record):
+        return {}
+    with tf.io.gfile.GFile(record) as f:
+        return json.load(f).get("vocabularies", {})
+
+
+def warm_start(
+    net: keras.Model,
+    base_model_dir: Optional[str],
+    features: tuple[FeatureConfig, ...],
+    vocabularies: Mapping[str, list[str]],
+) -> WarmStart:
+    """Copies weights from the base model layer by layer where they are compatible.
+
+    Embedding rows are re-mapped token by token when the vocabulary changed between the base
+    model's transform and this one, so no row silently means a different value. A layer whose
+    shapes differ, or that the base model lacks, starts fresh and the reason is recorded.
+
+    Args:
+      net: the freshly built model.
+      base_model_dir: the latest blessed model's serving directory, or None.
+      features: the configured features.
+      vocabularies: this transform's vocabulary per categorical feature.
+
+    Returns:
+      What was loaded and what started fresh.
+    """
+    if not base_model_dir:
+        return WarmStart(None, reason="no blessed model yet")
+    try:
+        base = keras.models.load_model(base_model_dir, compile=False)
+    except (OSError, ValueError, TypeError) as err:
+        return WarmStart(base_model_dir, reason=f"base model at {base_model_dir} could not be loaded ({err})")
+    base_layers = {layer.name: layer for layer in base.layers}
+    base_vocabs = _base_vocabularies(base_model_dir)
+    by_embedding = {f"embedding_{f.name}": f for f in features if f.kind != "numeric"}
+    loaded, fresh = [], []
+    for layer in net.layers:
+        if not layer.weights:
+            continue
+        old = base_layers.get(layer.name)
+        if old is None:
+            fresh.append((layer.name, "not in the base model (new feature or layer)"))
+            continue
+        old_weights, new_weights = old.get_weights(), layer.get_weights()
+        if [w.shape for w in old_weights] != [w.shape for w in new_weights]:
+            shapes = f"{[w.shape for w in old_weights]} -> {[w.shape for w in new_weights]}"
+            fresh.append((layer.name, f"shape changed {shapes}"))
+            continue
+        feature = by_embedding.get(layer.name)
+        if feature is not None and feature.kind in ("categorical_string", "categorical_int"):
+            old_vocab, new_vocab = base_vocabs.get(feature.name), vocabularies.get(feature.name)
+            if old_vocab is None or new_vocab is None:
+                fresh.append((layer.name, "base model has no record of its vocabulary"))
+                continue
+            if old_vocab != new_vocab:
+                remapped = _remap_rows(old_weights[0], new_weights[0], old_vocab, new_vocab, feature.oov_buckets)
+                layer.set_weights([remapped])
+                loaded.append(layer.name)
+                continue
+        layer.set_weights(old_weights)
+        loaded.append(layer.name)
+    if not loaded:
+        return WarmStart(base_model_dir, fresh=tuple(fresh), reason="no layer of the base model is compatible")
+    return WarmStart(base_model_dir, tuple(loaded), tuple(fresh))
+
+
+def _remap_rows(old: Any, new: Any, old_vocab: list[str], new_vocab: list[str], oov_buckets: int) -> Any:
+    """Embedding rows for this vocabulary: a known token keeps its learned row, a new one starts
+    fresh, and the out-of-vocabulary buckets (which follow the vocabulary) keep theirs."""
+    out = new.copy()
+    old_index = {token: i for i, token in enumerate(old_vocab)}
+    for i, token in enumerate(new_vocab):
+        j = old_index.get(token)
+        if j is not None:
+            out[i] = old[j]
+    out[len(new_vocab) : len(new_vocab) + oov_buckets] = old[len(old_vocab) : len(old_vocab) + oov_buckets]
+    return out
+
+
+def _serving_signature(net: keras.Model, tf_transform_output: tft.TFTransformOutput, label: str, names: list[str]):
+    net.tft_layer = tf_transform_output.transform_features_layer()
+    raw_spec = tf_transform_output.raw_feature_spec()
+    spec = {name: raw_spec[name] for name in names}
+
+    @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name=SERVING_INPUT)])
+    def serve(examples: tf.Tensor) -> dict[str, tf.Tensor]:
+        parsed = tf.io.parse_example(examples, spec)
+        transformed = net.tft_layer(parsed)
+        return {SERVING_OUTPUT: net(transformed)}
+
+    return serve
+
+
+def _vocabularies(tf_transform_output: tft.TFTransformOutput, features: tuple[FeatureConfig, ...]) -> dict:
+    return {
+        f.name: _read_vocabulary(tf_transform_output.vocabulary_file_by_name(f.name))
+        for f in features
+        if f.kind in ("categorical_string", "categorical_int")
+    }
+
+
+def _fingerprint(fn_args: tfx.components.FnArgs) -> str:
+    """Identifies everything a training run depends on: data, transform, config and step budgets."""
+    inputs = {
+        "train_files": sorted(fn_args.train_files),
+        "eval_files": sorted(fn_args.eval_files),
+        "transform_output": fn_args.transform_output,
+        "custom_config": fn_args.custom_config,
+        "train_steps": fn_args.train_steps,
+        "eval_steps": fn_args.eval_steps,
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    for directory, _, files in tf.io.gfile.walk(src):
+        target = os.path.join(dst, os.path.relpath(directory, src))
+        tf.io.gfile.makedirs(target)
+        for name in files:
+            tf.io.gfile.copy(os.path.join(directory, name), os.path.join(target, name), overwrite=True)
+
+
+def run_fn(fn_args: tfx.components.FnArgs) -> None:
+    """Trains the model (warm-started from the latest blessed one when there is one) and exports it.
+
+    When the latest blessed model was trained from exactly these inputs, training again would only
+    repeat it: its files are reused as this run's model, so re-running an unchanged pipeline
+    pushes nothing new.
+
+    Args:
+      fn_args: TFX's trainer arguments; `custom_config` is `PipelineConfig.component_config()`.
+    """
+    fingerprint = _fingerprint(fn_args)
+    if fn_args.base_model and training_fingerprint(fn_args.base_model) == fingerprint:
+        log.info("inputs unchanged since the latest blessed model %s; reusing it", fn_args.base_model)
+        _copy_tree(fn_args.base_model, fn_args.serving_model_dir)
+        return
+    label, features = features_from_component_config(fn_args.custom_config)
+    model_config = ModelConfig(**fn_args.custom_config["model"])
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    vocabularies = _vocabularies(tf_transform_output, features)
+
+    train = input_fn(
+        fn_args.train_files,
+        fn_args.data_accessor,
+        tf_transform_output,
+        label,
+        model_config.batch_size,
+        model_config.seed,
+    )
+    evaluate = input_fn(
+        fn_args.eval_files,
+        fn_args.data_accessor,
+        tf_transform_output,
+        label,
+        model_config.batch_size,
+        model_config.seed,
+    )
+
+    net = build_model(features, model_config)
+    start = warm_start(net, fn_args.base_model, features, vocabularies)
+    log.info("%s", start.summary)
+    for name, reason in start.fresh:
+        log.info("layer %s started fresh: %s", name, reason)
+
+    history = net.fit(
+        train,
+        steps_per_epoch=fn_args.train_steps,
+        validation_data=evaluate,
+        validation_steps=fn_args.eval_steps,
+        verbose=0,
+    )
+
+    signature = _serving_signature(net, tf_transform_output, label, [f.name for f in features])
+    net.save(fn_args.serving_model_dir, save_format="tf", signatures={"serving_default": signature})
+    record = {
+        "warm_start": start.as_dict(),
+        "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
+        "train_steps": fn_args.train_steps,
+        "fingerprint": fingerprint,
+        "vocabularies": vocabularies,
+    }
+    record_path = os.path.join(fn_args.serving_model_dir, str(TRAINING_RECORD))
+    tf.io.gfile.makedirs(os.path.dirname(record_path))
+    with tf.io.gfile.GFile(record_path, "w") as f:
+        json.dump(record, f)

@@ -1,0 +1,11 @@
+"""Runs the Conveyor pipeline on this machine.
+
+Usage: python local_runner.py [--config FILE] [--data-root DIR] [--output-dir DIR]
+"""
+
+import sys
+
+from pipeline.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["run", *sys.argv[1:]]))

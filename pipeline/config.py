@@ -1,0 +1,369 @@
+"""The typed pipeline configuration: one YAML file per dataset, parsed once into frozen dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+FEATURE_KINDS = ("numeric", "categorical_string", "categorical_int", "bucketized")
+DIRECTIONS = ("higher_is_better", "lower_is_better")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_FEATURE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+    def __init__(self, key: str, problem: str, source: Optional[str] = None):
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}config key '{key}': {problem}")
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """One raw input column and how it is turned into a model input.
+
+    kind: numeric (z-scored, missing values imputed with the mean plus an is-missing flag),
+    categorical_string / categorical_int (vocabulary of the top_k values plus oov_buckets),
+    bucketized (numeric cut into `buckets` quantile buckets).
+    """
+
+    name: str
+    kind: str
+    top_k: int = 100
+    oov_buckets: int = 1
+    buckets: int = 10
+
+    @property
+    def transformed_name(self) -> str:
+        return f"{self.name}_xf"
+
+    @property
+    def cardinality(self) -> int:
+        """Number of distinct indices the transform can emit (fixed, so it is stable across spans)."""
+        if self.kind == "bucketized":
+            return self.buckets
+        if self.kind in ("categorical_string", "categorical_int"):
+            return self.top_k + self.oov_buckets
+        return 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden_units: tuple[int, ...] = (64, 32)
+    embedding_dim: int = 8
+    learning_rate: float = 0.001
+    batch_size: int = 128
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    train_steps: int = 1000
+    eval_steps: int = 150
+
+
+@dataclass(frozen=True)
+class ThresholdConfig:
+    """A metric bound: the candidate must reach `lower_bound`/`upper_bound` and may not be worse
+    than the baseline by more than `max_change` (absolute)."""
+
+    metric: str
+    lower_bound: Optional[float] = None
+    upper_bound: Optional[float] = None
+    max_change: Optional[float] = None
+    direction: str = "higher_is_better"
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    metrics: tuple[str, ...] = ("AUC", "BinaryAccuracy", "ExampleCount")
+    thresholds: tuple[ThresholdConfig, ...] = ()
+    slices: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where a run writes; an environment fact the runner sets, never the dataset file."""
+
+    pipeline_root: str
+    serving_root: str
+    metadata_path: Optional[str] = None
+
+    @classmethod
+    def under(cls, output_dir: str | Path) -> OutputConfig:
+        out = Path(output_dir).absolute()
+        return cls(
+            pipeline_root=str(out / "pipeline_root"),
+            serving_root=str(out / "serving_model"),
+            metadata_path=str(out / "metadata.sqlite"),
+        )
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str
+    data_root: str
+    label: str
+    schema_path: str
+    features: tuple[FeatureConfig, ...]
+    model_name: str
+    output: OutputConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    beam_args: tuple[str, ...] = ()
+    source: Optional[str] = None
+
+    @property
+    def serving_model_dir(self) -> str:
+        return str(Path(self.output.serving_root) / self.model_name)
+
+    def component_config(self) -> dict[str, Any]:
+        """What the code inside Transform and Trainer needs, as plain JSON-able values."""
+        return {
+            "label": self.label,
+            "features": [dataclasses.asdict(f) for f in self.features],
+            "model": dataclasses.asdict(self.model),
+        }
+
+    def replace(self, **changes: Any) -> PipelineConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def features_from_component_config(custom_config: Mapping[str, Any]) -> tuple[str, tuple[FeatureConfig, ...]]:
+    """Inverse of `PipelineConfig.component_config` for the label and features."""
+    features = tuple(FeatureConfig(**f) for f in custom_config["features"])
+    return custom_config["label"], features
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+
+
+def _check_keys(data: Mapping[str, Any], allowed: set[str], required: set[str], prefix: str) -> None:
+    if not isinstance(data, Mapping):
+        raise ConfigError(prefix or "<top level>", f"must be a mapping, got {type(data).__name__}")
+    for key in data:
+        if key not in allowed:
+            known = ", ".join(sorted(allowed))
+            raise ConfigError(f"{prefix}{key}", f"unknown key (known keys here: {known})")
+    for key in sorted(required):
+        if key not in data:
+            raise ConfigError(f"{prefix}{key}", "is required but missing")
+
+
+def _typed(value: Any, kind: type | tuple[type, ...], key: str) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and kind is not bool:
+        raise ConfigError(key, f"must be {_kind_name(kind)}, got a boolean")
+    if not isinstance(value, kind):
+        raise ConfigError(key, f"must be {_kind_name(kind)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _positive(value: Any, key: str, kind: type = int, minimum: float = 1) -> Any:
+    value = _typed(value, kind, key)
+    if value < minimum:
+        raise ConfigError(key, f"must be at least {minimum}, got {value}")
+    return value
+
+
+def _parse_features(raw: Any) -> tuple[FeatureConfig, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("features", "must be a non-empty list of {name, kind} entries")
+    features, seen = [], set()
+    for i, entry in enumerate(raw):
+        prefix = f"features[{i}]."
+        _check_keys(entry, {"name", "kind", "top_k", "oov_buckets", "buckets"}, {"name", "kind"}, prefix)
+        name = _typed(entry["name"], str, prefix + "name")
+        if not _FEATURE_RE.match(name):
+            raise ConfigError(prefix + "name", f"'{name}' is not a valid column name (letters, digits, _)")
+        if name in seen:
+            raise ConfigError(prefix + "name", f"feature '{name}' is listed twice")
+        seen.add(name)
+        kind = _typed(entry["kind"], str, prefix + "kind")
+        if kind not in FEATURE_KINDS:
+            raise ConfigError(prefix + "kind", f"'{kind}' is not one of {', '.join(FEATURE_KINDS)}")
+        kwargs = {}
+        for key in ("top_k", "buckets"):
+            if key in entry:
+                kwargs[key] = _positive(entry[key], prefix + key, minimum=2 if key == "buckets" else 1)
+        if "oov_buckets" in entry:
+            kwargs["oov_buckets"] = _positive(entry["oov_buckets"], prefix + "oov_buckets", minimum=1)
+        features.append(FeatureConfig(name=name, kind=kind, **kwargs))
+    return tuple(features)
+
+
+def _parse_model(raw: Mapping[str, Any]) -> ModelConfig:
+    _check_keys(raw, {f.name for f in dataclasses.fields(ModelConfig)}, set(), "model.")
+    kwargs: dict[str, Any] = {}
+    if "hidden_units" in raw:
+        units = _typed(raw["hidden_units"], list, "model.hidden_units")
+        if not units:
+            raise ConfigError("model.hidden_units", "must list at least one layer size")
+        kwargs["hidden_units"] = tuple(_positive(u, "model.hidden_units") for u in units)
+    if "embedding_dim" in raw:
+        kwargs["embedding_dim"] = _positive(raw["embedding_dim"], "model.embedding_dim")
+    if "learning_rate" in raw:
+        lr = _typed(raw["learning_rate"], float, "model.learning_rate")
+        if not 0 < lr <= 1:
+            raise ConfigError("model.learning_rate", f"must be in (0, 1], got {lr}")
+        kwargs["learning_rate"] = lr
+    if "batch_size" in raw:
+        kwargs["batch_size"] = _positive(raw["batch_size"], "model.batch_size")
+    if "seed" in raw:
+        kwargs["seed"] = _positive(raw["seed"], "model.seed", minimum=0)
+    return ModelConfig(**kwargs)
+
+
+def _parse_training(raw: Mapping[str, Any]) -> TrainingConfig:
+    _check_keys(raw, {"train_steps", "eval_steps"}, set(), "training.")
+    return TrainingConfig(
+        **{k: _positive(v, f"training.{k}") for k, v in raw.items()},
+    )
+
+
+def _parse_evaluation(raw: Mapping[str, Any]) -> EvaluationConfig:
+    _check_keys(raw, {"metrics", "thresholds", "slices"}, set(), "evaluation.")
+    kwargs: dict[str, Any] = {}
+    if "metrics" in raw:
+        metrics = _typed(raw["metrics"], list, "evaluation.metrics")
+        kwargs["metrics"] = tuple(_typed(m, str, "evaluation.metrics") for m in metrics)
+    thresholds = []
+    for i, entry in enumerate(_typed(raw.get("thresholds", []), list, "evaluation.thresholds")):
+        prefix = f"evaluation.thresholds[{i}]."
+        _check_keys(entry, {f.name for f in dataclasses.fields(ThresholdConfig)}, {"metric"}, prefix)
+        t: dict[str, Any] = {"metric": _typed(entry["metric"], str, prefix + "metric")}
+        for key in ("lower_bound", "upper_bound"):
+            if key in entry:
+                t[key] = _typed(entry[key], float, prefix + key)
+        if "max_change" in entry:
+            t["max_change"] = _positive(entry["max_change"], prefix + "max_change", float, 0.0)
+        if "direction" in entry:
+            t["direction"] = _typed(entry["direction"], str, prefix + "direction")
+            if t["direction"] not in DIRECTIONS:
+                raise ConfigError(prefix + "direction", f"must be one of {', '.join(DIRECTIONS)}")
+        if not any(k in t for k in ("lower_bound", "upper_bound", "max_change")):
+            raise ConfigError(prefix + "metric", "needs lower_bound, upper_bound or max_change")
+        thresholds.append(ThresholdConfig(**t))
+    kwargs["thresholds"] = tuple(thresholds)
+    slices = []
+    for i, entry in enumerate(_typed(raw.get("slices", []), list, "evaluation.slices")):
+        cols = [entry] if isinstance(entry, str) else _typed(entry, list, f"evaluation.slices[{i}]")
+        slices.append(tuple(_typed(c, str, f"evaluation.slices[{i}]") for c in cols))
+    kwargs["slices"] = tuple(slices)
+    return EvaluationConfig(**kwargs)
+
+
+_TOP_KEYS = {"name", "data", "label", "schema", "features", "model", "training", "evaluation", "serving", "beam"}
+
+
+def parse_config(
+    raw: Mapping[str, Any],
+    base_dir: str | Path,
+    output: OutputConfig,
+    data_root: Optional[str | Path] = None,
+    source: Optional[str] = None,
+) -> PipelineConfig:
+    """Builds a PipelineConfig from already-loaded YAML.
+
+    Args:
+      raw: the YAML document.
+      base_dir: directory that relative paths in the document are relative to.
+      output: where this run writes.
+      data_root: overrides `data.root` when given.
+      source: the file name, for error messages.
+
+    Returns:
+      The validated, frozen configuration.
+
+    Raises:
+      ConfigError: naming the first offending key.
+    """
+    try:
+        _check_keys(raw, _TOP_KEYS, {"name", "data", "label", "schema", "features", "serving"}, "")
+        name = _typed(raw["name"], str, "name")
+        if not _NAME_RE.match(name):
+            raise ConfigError("name", f"'{name}' must be lower-case letters, digits and '-' (KFP-safe)")
+        base = Path(base_dir)
+        _check_keys(raw["data"], {"root"}, {"root"}, "data.")
+        root = Path(data_root) if data_root is not None else base / _typed(raw["data"]["root"], str, "data.root")
+        if not root.exists():
+            raise ConfigError("data.root", f"data directory {root} does not exist")
+        schema_path = base / _typed(raw["schema"], str, "schema")
+        if not schema_path.is_file():
+            raise ConfigError("schema", f"curated schema {schema_path} does not exist")
+        label = _typed(raw["label"], str, "label")
+        features = _parse_features(raw["features"])
+        if label in {f.name for f in features}:
+            raise ConfigError("label", f"'{label}' is also listed as a feature")
+        _check_keys(raw["serving"], {"model_name"}, {"model_name"}, "serving.")
+        model_name = _typed(raw["serving"]["model_name"], str, "serving.model_name")
+        if not _MODEL_NAME_RE.match(model_name) or ".." in model_name:
+            raise ConfigError(
+                "serving.model_name",
+                f"'{model_name}' must be letters, digits, '_', '-' or '.' (no path separators or '..')",
+            )
+        beam = raw.get("beam", {}) or {}
+        _check_keys(beam, {"args"}, set(), "beam.")
+        beam_args = tuple(_typed(a, str, "beam.args") for a in _typed(beam.get("args", []), list, "beam.args"))
+        evaluation = _parse_evaluation(raw.get("evaluation", {}) or {})
+        slice_cols = {c for s in evaluation.slices for c in s}
+        unknown = slice_cols - {f.name for f in features}
+        if unknown:
+            raise ConfigError("evaluation.slices", f"slice column(s) {sorted(unknown)} are not configured features")
+        return PipelineConfig(
+            name=name,
+            data_root=str(root.absolute()),
+            label=label,
+            schema_path=str(schema_path.absolute()),
+            features=features,
+            model_name=model_name,
+            output=output,
+            model=_parse_model(raw.get("model", {}) or {}),
+            training=_parse_training(raw.get("training", {}) or {}),
+            evaluation=evaluation,
+            beam_args=beam_args,
+            source=source,
+        )
+    except ConfigError as err:
+        raise ConfigError(err.key, err.problem, source) from None
+
+
+def load_config(
+    path: str | Path,
+    output_dir: str | Path = "output",
+    data_root: Optional[str | Path] = None,
+) -> PipelineConfig:
+    """Reads and validates a dataset config file; relative paths in it are relative to its folder.
+
+    Raises:
+      ConfigError: the file is missing, is not YAML, or holds a bad value (the key is named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("--config", f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError("<file>", f"{path} is not valid YAML: {err}") from None
+    if raw is None:
+        raise ConfigError("<file>", f"{path} is empty")
+    return parse_config(raw, path.parent, OutputConfig.under(output_dir), data_root, source=str(path))

@@ -1,0 +1,93 @@
+"""Reads runs, executions and artifacts back from ML Metadata: the one place that defines what a run is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+PIPELINE_RUN = "pipeline_run"
+
+_STATES = {
+    metadata_store_pb2.Execution.COMPLETE: "complete",
+    metadata_store_pb2.Execution.CACHED: "cached",
+    metadata_store_pb2.Execution.FAILED: "failed",
+    metadata_store_pb2.Execution.RUNNING: "running",
+    metadata_store_pb2.Execution.NEW: "new",
+    metadata_store_pb2.Execution.CANCELED: "canceled",
+}
+
+
+@dataclass
+class NodeExecution:
+    """One component's execution in a run, with its output artifacts by output key."""
+
+    node_id: str
+    state: str
+    execution: metadata_store_pb2.Execution
+    outputs: dict[str, list[metadata_store_pb2.Artifact]] = field(default_factory=dict)
+    inputs: dict[str, list[metadata_store_pb2.Artifact]] = field(default_factory=dict)
+
+    def output(self, key: str) -> Optional[metadata_store_pb2.Artifact]:
+        artifacts = self.outputs.get(key) or []
+        return artifacts[0] if artifacts else None
+
+
+def open_store(metadata_path: str) -> metadata_store.MetadataStore:
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = metadata_path
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return metadata_store.MetadataStore(config)
+
+
+def pipeline_runs(store: metadata_store.MetadataStore, pipeline_name: str) -> list[metadata_store_pb2.Context]:
+    """This pipeline's runs, oldest first."""
+    runs = []
+    for context in store.get_contexts_by_type(PIPELINE_RUN):
+        parents = store.get_parent_contexts_by_context(context.id)
+        if not parents or any(p.name == pipeline_name for p in parents):
+            runs.append(context)
+    return sorted(runs, key=lambda c: (c.create_time_since_epoch, c.id))
+
+
+def _node_id(store: metadata_store.MetadataStore, execution_id: int, pipeline_name: str) -> str:
+    prefix = f"{pipeline_name}."
+    for context in store.get_contexts_by_execution(execution_id):
+        if context.name.startswith(prefix):
+            return context.name[len(prefix) :]
+    return "?"
+
+
+def run_executions(
+    store: metadata_store.MetadataStore, run: metadata_store_pb2.Context, pipeline_name: str
+) -> dict[str, NodeExecution]:
+    """Every execution of one run keyed by node id, with inputs and outputs resolved."""
+    executions = store.get_executions_by_context(run.id)
+    events = store.get_events_by_execution_ids([e.id for e in executions])
+    artifact_ids = sorted({ev.artifact_id for ev in events})
+    artifacts = {a.id: a for a in store.get_artifacts_by_id(artifact_ids)} if artifact_ids else {}
+    result: dict[str, NodeExecution] = {}
+    for execution in sorted(executions, key=lambda e: e.id):
+        node_id = _node_id(store, execution.id, pipeline_name)
+        node = NodeExecution(node_id, _STATES.get(execution.last_known_state, "unknown"), execution)
+        for ev in events:
+            if ev.execution_id != execution.id or ev.artifact_id not in artifacts:
+                continue
+            key = ev.path.steps[0].key if ev.path.steps else ""
+            if ev.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT):
+                node.outputs.setdefault(key, []).append(artifacts[ev.artifact_id])
+            elif ev.type in (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT):
+                node.inputs.setdefault(key, []).append(artifacts[ev.artifact_id])
+        result[node_id] = node
+    return result
+
+
+def custom_property(artifact: metadata_store_pb2.Artifact, name: str):
+    """A custom property's value (int, double or string), or None."""
+    if name not in artifact.custom_properties:
+        return None
+    value = artifact.custom_properties[name]
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None

@@ -1,0 +1,135 @@
+"""The DAG: one pure factory, create_pipeline(config), used by every runner and every end-to-end test."""
+
+from __future__ import annotations
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+
+from components.pusher.component import SafePusher
+from pipeline.config import ConfigError, EvaluationConfig, PipelineConfig
+
+PREPROCESSING_FN = "components.preprocessing.preprocessing_fn"
+RUN_FN = "components.model.run_fn"
+
+
+def _threshold(t) -> tfma.MetricThreshold:
+    higher = t.direction == "higher_is_better"
+    value = None
+    if t.lower_bound is not None or t.upper_bound is not None:
+        bounds = {}
+        if t.lower_bound is not None:
+            bounds["lower_bound"] = {"value": t.lower_bound}
+        if t.upper_bound is not None:
+            bounds["upper_bound"] = {"value": t.upper_bound}
+        value = tfma.GenericValueThreshold(**bounds)
+    change = None
+    if t.max_change is not None:
+        change = tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER if higher else tfma.MetricDirection.LOWER_IS_BETTER,
+            absolute={"value": -t.max_change if higher else t.max_change},
+        )
+    return tfma.MetricThreshold(value_threshold=value, change_threshold=change)
+
+
+def eval_config(label: str, evaluation: EvaluationConfig) -> tfma.EvalConfig:
+    """TFMA's config: overall plus the configured slices, the configured metrics and their thresholds.
+
+    Raises:
+      ConfigError: a threshold names a metric that is not in evaluation.metrics.
+    """
+    thresholds = {t.metric: t for t in evaluation.thresholds}
+    unknown = set(thresholds) - set(evaluation.metrics)
+    if unknown:
+        raise ConfigError("evaluation.thresholds", f"metric(s) {sorted(unknown)} are not in evaluation.metrics")
+    overall = [tfma.SlicingSpec()]
+    metrics = [
+        tfma.MetricConfig(
+            class_name=m,
+            # Thresholds gate on the overall slice; per-slice values are reported, not gated, since
+            # small slices (a rare payment type) are too noisy to block a release.
+            per_slice_thresholds=(
+                [tfma.PerSliceMetricThreshold(slicing_specs=overall, threshold=_threshold(thresholds[m]))]
+                if m in thresholds
+                else None
+            ),
+        )
+        for m in evaluation.metrics
+    ]
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key=label)],
+        slicing_specs=overall + [tfma.SlicingSpec(feature_keys=list(s)) for s in evaluation.slices],
+        metrics_specs=[tfma.MetricsSpec(metrics=metrics)],
+    )
+
+
+def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
+    """Builds the Conveyor pipeline from a validated config; pure, reads nothing from the environment.
+
+    Args:
+      config: the dataset config with this run's output locations.
+
+    Returns:
+      The TFX pipeline: ExampleGen through a push of blessed models only.
+    """
+    example_gen = tfx.components.CsvExampleGen(input_base=config.data_root)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+    import_schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_path)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=import_schema_gen.outputs["schema"]
+    )
+    component_config = config.component_config()
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"],
+        schema=import_schema_gen.outputs["schema"],
+        preprocessing_fn=PREPROCESSING_FN,
+        custom_config=component_config,
+    )
+    latest_blessed_model_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    trainer = tfx.components.Trainer(
+        run_fn=RUN_FN,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=import_schema_gen.outputs["schema"],
+        base_model=latest_blessed_model_resolver.outputs["model"],
+        train_args=tfx.proto.TrainArgs(num_steps=config.training.train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
+        custom_config=component_config,
+    )
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=latest_blessed_model_resolver.outputs["model"],
+        eval_config=eval_config(config.label, config.evaluation),
+    )
+    pusher = SafePusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        serving_model_dir=config.serving_model_dir,
+    )
+    metadata = None
+    if config.output.metadata_path:
+        metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.output.metadata_path)
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.name,
+        pipeline_root=config.output.pipeline_root,
+        components=[
+            example_gen,
+            statistics_gen,
+            schema_gen,
+            import_schema_gen,
+            example_validator,
+            transform,
+            latest_blessed_model_resolver,
+            trainer,
+            evaluator,
+            pusher,
+        ],
+        enable_cache=True,
+        metadata_connection_config=metadata,
+        beam_pipeline_args=list(config.beam_args),
+    )

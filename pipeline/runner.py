@@ -1,0 +1,182 @@
+"""Runs the pipeline on this machine with LocalDagRunner: progress on the terminal, full logs in a file."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, TextIO
+
+from pipeline.config import PipelineConfig
+
+_RUNNING = re.compile(r"^Component (\S+) is running\.$")
+_FINISHED = re.compile(r"^Component (\S+) is finished\.$")
+_CACHED = re.compile(r"^A cached execution \d+ is used\.$")
+
+
+class ComponentFailed(RuntimeError):
+    """A component raised; carries which one and the log that holds the full traceback."""
+
+    def __init__(self, node_id: str, error: BaseException, log_path: Path):
+        super().__init__(f"{node_id} failed: {error}")
+        self.node_id = node_id
+        self.error = error
+        self.log_path = log_path
+
+
+class _Progress(logging.Handler):
+    """Turns LocalDagRunner's log lines into one line per component with its wall time."""
+
+    def __init__(self, out: TextIO):
+        super().__init__(logging.INFO)
+        self.out = out
+        self.start = time.monotonic()
+        self.current: Optional[str] = None
+        self.current_start = 0.0
+        self.cached = False
+        self._guard = threading.Lock()
+        self.tty = out.isatty()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return
+        with self._guard:
+            if m := _RUNNING.match(message):
+                self.current, self.current_start, self.cached = m.group(1), time.monotonic(), False
+                self._write(f"  {self.current} ...", end="")
+            elif _CACHED.match(message):
+                self.cached = True
+            elif (m := _FINISHED.match(message)) and self.current:
+                took = time.monotonic() - self.current_start
+                note = "from cache" if self.cached else f"{took:.1f}s"
+                self._write(f"\r  {self.current:<32} {note:>12}   [{time.monotonic() - self.start:6.1f}s]")
+                self.current = None
+
+    def tick(self) -> None:
+        with self._guard:
+            if self.current and self.tty:
+                took = time.monotonic() - self.current_start
+                self._write(f"\r  {self.current:<32} {took:>11.0f}s ...", end="")
+
+    def _write(self, text: str, end: str = "\n") -> None:
+        if not self.tty and end == "":
+            return
+        if not self.tty:
+            text = text.lstrip("\r")
+        self.out.write(text + end)
+        self.out.flush()
+
+
+@contextlib.contextmanager
+def _logs_to_file(log_path: Path, progress_out: TextIO) -> Iterator[_Progress]:
+    """Sends every library log line (Python, absl and C++ on fd 1/2) to the log file for the
+    duration, and component progress to `progress_out`."""
+    from absl import logging as absl_logging
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    # The terminal stream keeps pointing at the terminal after fd 1/2 move to the log file.
+    terminal = _reopen_terminal(progress_out, saved)
+    log_file = open(log_path, "a", buffering=1, encoding="utf-8")
+    os.dup2(log_file.fileno(), 1)
+    os.dup2(log_file.fileno(), 2)
+    root = logging.getLogger()
+    old_level, old_handlers = root.level, list(root.handlers)
+    for handler in old_handlers:
+        root.removeHandler(handler)
+    root.setLevel(logging.INFO)
+    absl_logging.set_verbosity(absl_logging.INFO)
+    file_handler = logging.StreamHandler(log_file)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(file_handler)
+    progress = _Progress(terminal)
+    root.addHandler(progress)
+    stop = threading.Event()
+
+    def ticker() -> None:
+        while not stop.wait(2.0):
+            progress.tick()
+
+    thread = threading.Thread(target=ticker, daemon=True)
+    thread.start()
+    try:
+        yield progress
+    finally:
+        stop.set()
+        thread.join()
+        root.removeHandler(progress)
+        root.removeHandler(file_handler)
+        for handler in old_handlers:
+            root.addHandler(handler)
+        root.setLevel(old_level)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+        log_file.close()
+        if terminal is not progress_out:
+            terminal.close()
+
+
+def _reopen_terminal(stream: TextIO, saved: tuple[int, int]) -> TextIO:
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return stream
+    if fd not in (1, 2):
+        return stream
+    return os.fdopen(os.dup(saved[fd - 1]), "w", buffering=1, encoding="utf-8")
+
+
+@dataclass
+class RunResult:
+    summary: object
+    log_path: Path
+
+
+def run_local(config: PipelineConfig, progress_out: TextIO, log_dir: Optional[Path] = None) -> RunResult:
+    """Runs create_pipeline(config) with LocalDagRunner and summarises the run from ML Metadata.
+
+    Args:
+      config: the validated config; `config.output.metadata_path` must be set.
+      progress_out: where component progress goes (the terminal).
+      log_dir: where the full log goes; defaults to `<output>/logs`.
+
+    Returns:
+      The run summary and the log path.
+
+    Raises:
+      ComponentFailed: a component raised (the summary is not built).
+    """
+    log_dir = log_dir or Path(config.output.metadata_path).parent / "logs"
+    log_path = log_dir / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    with _logs_to_file(log_path, progress_out) as progress:
+        from tfx import v1 as tfx
+
+        from pipeline.lineage import open_store, pipeline_runs, run_executions
+        from pipeline.pipeline import create_pipeline
+        from pipeline.summary import summarize
+
+        pipeline = create_pipeline(config)
+        try:
+            tfx.orchestration.LocalDagRunner().run(pipeline)
+        except Exception as err:  # noqa: BLE001 - any component error ends the run; it is re-raised with context
+            logging.exception("pipeline run failed")
+            raise ComponentFailed(progress.current or "pipeline", err, log_path) from err
+        store = open_store(config.output.metadata_path)
+        run = pipeline_runs(store, config.name)[-1]
+        summary = summarize(run.name, run_executions(store, run, config.name))
+    return RunResult(summary, log_path)

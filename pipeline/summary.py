@@ -1,0 +1,182 @@
+"""The end-of-run summary a person reads: rows, anomalies, metrics against the baseline, blessing, push."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import tensorflow_data_validation as tfdv
+import tensorflow_model_analysis as tfma
+from tensorflow_metadata.proto.v0 import anomalies_pb2
+
+from pipeline.lineage import NodeExecution, custom_property
+
+TRAINING_RECORD = os.path.join("assets.extra", "conveyor_training.json")
+
+
+@dataclass
+class MetricLine:
+    name: str
+    candidate: Optional[float]
+    baseline: Optional[float]
+
+
+@dataclass
+class RunSummary:
+    """What happened in one run, read from ML Metadata and the artifacts it points to."""
+
+    run_id: str
+    rows: dict[str, int] = field(default_factory=dict)
+    anomalies: dict[str, list[str]] = field(default_factory=dict)
+    metrics: list[MetricLine] = field(default_factory=list)
+    has_baseline: bool = False
+    blessed: Optional[bool] = None
+    failures: list[str] = field(default_factory=list)
+    pushed_to: Optional[str] = None
+    not_pushed_reason: Optional[str] = None
+    training: str = ""
+    cached: list[str] = field(default_factory=list)
+    executed: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"Run {self.run_id}"]
+        if self.rows:
+            out.append("  rows: " + ", ".join(f"{split} {n:,}" for split, n in sorted(self.rows.items())))
+        if self.anomalies:
+            out.append("  anomalies:")
+            for split, items in sorted(self.anomalies.items()):
+                out.extend(f"    [{split}] {item}" for item in items)
+        else:
+            out.append("  anomalies: none against the curated schema")
+        if self.training:
+            out.append(f"  training: {self.training}")
+        if self.metrics:
+            out.append("  metrics (overall):" + ("" if self.has_baseline else " no baseline yet"))
+            for m in self.metrics:
+                base = f"  baseline {m.baseline:.4f}" if m.baseline is not None else ""
+                cand = f"{m.candidate:.4f}" if m.candidate is not None else "n/a"
+                out.append(f"    {m.name:<24} candidate {cand}{base}")
+        if self.blessed is not None:
+            if self.blessed:
+                how = "against the baseline" if self.has_baseline else "on absolute thresholds alone (first model)"
+                out.append(f"  blessed: yes, {how}")
+            else:
+                out.append("  blessed: no")
+                out.extend(f"    {f}" for f in self.failures)
+        if self.pushed_to:
+            out.append(f"  pushed: {self.pushed_to}")
+        elif self.not_pushed_reason:
+            out.append(f"  pushed: nothing ({self.not_pushed_reason})")
+        if self.cached:
+            out.append(f"  from cache: {', '.join(self.cached)}")
+        return out
+
+
+def _rows(statistics: NodeExecution) -> dict[str, int]:
+    artifact = statistics.output("statistics")
+    rows = {}
+    for split in json.loads(
+        custom_property(artifact, "split_names") or artifact.properties["split_names"].string_value
+    ):
+        path = os.path.join(artifact.uri, f"Split-{split}", "FeatureStats.pb")
+        stats = tfdv.load_stats_binary(path)
+        rows[split] = sum(d.num_examples for d in stats.datasets)
+    return rows
+
+
+def _anomalies(validator: NodeExecution) -> dict[str, list[str]]:
+    artifact = validator.output("anomalies")
+    found = {}
+    for split in json.loads(artifact.properties["split_names"].string_value):
+        path = os.path.join(artifact.uri, f"Split-{split}", "SchemaDiff.pb")
+        if not os.path.exists(path):
+            continue
+        anomalies = anomalies_pb2.Anomalies()
+        with open(path, "rb") as f:
+            anomalies.ParseFromString(f.read())
+        items = [f"{name}: {info.short_description}" for name, info in sorted(anomalies.anomaly_info.items())]
+        if anomalies.HasField("dataset_anomaly_info"):
+            items.append(f"(dataset): {anomalies.dataset_anomaly_info.short_description}")
+        if items:
+            found[split] = items
+    return found
+
+
+def _metrics(evaluator: NodeExecution) -> tuple[list[MetricLine], bool, list[str]]:
+    uri = evaluator.output("evaluation").uri
+    values: dict[str, dict[str, float]] = {}
+    for per_slice in tfma.load_metrics(uri):
+        if per_slice.slice_key.single_slice_keys:
+            continue
+        for kv in per_slice.metric_keys_and_values:
+            if kv.key.is_diff or not kv.value.HasField("double_value"):
+                continue
+            role = "baseline" if kv.key.model_name == "baseline" else "candidate"
+            values.setdefault(kv.key.name, {})[role] = kv.value.double_value.value
+    has_baseline = any("baseline" in v for v in values.values())
+    lines = [MetricLine(name, v.get("candidate"), v.get("baseline")) for name, v in sorted(values.items())]
+    failures = []
+    validation = tfma.load_validation_result(uri)
+    for per_slice in validation.metric_validations_per_slice:
+        where = tfma.slicer.stringify_slice_key(tfma.slicer.deserialize_slice_key(per_slice.slice_key)) or "Overall"
+        for failure in per_slice.failures:
+            bound = failure.metric_threshold
+            failures.append(
+                f"{failure.metric_key.name} on {where}: value {failure.metric_value.double_value.value:.4f}"
+                f" fails {_bound_text(bound)}"
+            )
+    return lines, has_baseline, failures
+
+
+def _bound_text(threshold) -> str:
+    parts = []
+    if threshold.HasField("value_threshold"):
+        vt = threshold.value_threshold
+        if vt.HasField("lower_bound"):
+            parts.append(f">= {vt.lower_bound.value}")
+        if vt.HasField("upper_bound"):
+            parts.append(f"<= {vt.upper_bound.value}")
+    if threshold.HasField("change_threshold"):
+        parts.append(f"change vs baseline beyond {threshold.change_threshold.absolute.value}")
+    return " and ".join(parts) or "its threshold"
+
+
+def _training(trainer: NodeExecution) -> str:
+    model = trainer.output("model")
+    path = os.path.join(model.uri, "Format-Serving", TRAINING_RECORD)
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        record = json.load(f)
+    return record.get("warm_start", {}).get("summary", "")
+
+
+def summarize(run_id: str, executions: dict[str, NodeExecution]) -> RunSummary:
+    """Builds the summary of one run from its executions (see pipeline.lineage.run_executions)."""
+    summary = RunSummary(run_id)
+    for node_id, node in executions.items():
+        (summary.cached if node.state == "cached" else summary.executed).append(node_id)
+    done = {k: v for k, v in executions.items() if v.state in ("complete", "cached")}
+    if "StatisticsGen" in done:
+        summary.rows = _rows(done["StatisticsGen"])
+    if "ExampleValidator" in done:
+        summary.anomalies = _anomalies(done["ExampleValidator"])
+    if "Trainer" in done:
+        summary.training = _training(done["Trainer"])
+    if "Evaluator" in done:
+        summary.metrics, summary.has_baseline, summary.failures = _metrics(done["Evaluator"])
+        blessing = done["Evaluator"].output("blessing")
+        summary.blessed = bool(custom_property(blessing, "blessed"))
+    pusher = next((v for k, v in done.items() if k.endswith("Pusher")), None)
+    if pusher is not None:
+        pushed = pusher.output("pushed_model")
+        if custom_property(pushed, "pushed") and pusher.state == "cached":
+            destination = custom_property(pushed, "pushed_destination")
+            summary.not_pushed_reason = f"inputs unchanged; {destination} was pushed by an earlier run"
+        elif custom_property(pushed, "pushed"):
+            summary.pushed_to = custom_property(pushed, "pushed_destination")
+        else:
+            summary.not_pushed_reason = custom_property(pushed, "not_pushed_reason")
+    return summary

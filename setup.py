@@ -1,0 +1,27 @@
+"""Packaging for Conveyor: installs pipeline/ and components/ so dotted paths resolve everywhere."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="conveyor",
+    version="0.1.0",
+    description="A production ML platform on TensorFlow Extended (TFX).",
+    python_requires=">=3.10,<3.11",
+    packages=find_packages(include=["pipeline", "pipeline.*", "components", "components.*", "kubeflow", "kubeflow.*"]),
+    py_modules=["local_runner"],
+    include_package_data=True,
+    install_requires=[
+        "tfx[kfp]==1.16.0",
+        "tensorflow==2.16.2",
+        "tf_keras==2.16.0",
+        "tensorflow-data-validation==1.16.1",
+        "tensorflow-transform==1.16.0",
+        "tensorflow_model_analysis==0.47.1",
+        "apache-beam[gcp]==2.61.0",
+        "ml-metadata==1.16.0",
+        "kfp==2.5.0",
+        "PyYAML==6.0.3",
+    ],
+    extras_require={"test": ["pytest==8.0.0", "ruff==0.17.6"]},
+    entry_points={"console_scripts": ["conveyor=pipeline.cli:main"]},
+)

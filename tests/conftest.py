@@ -1,0 +1,43 @@
+"""Shared test set-up: legacy Keras for TFX, tiny real data, and one end-to-end run for the session."""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import csv  # noqa: E402
+import io  # noqa: E402
+import random  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TAXI_CONFIG = PROJECT_ROOT / "configs" / "taxi.yaml"
+TAXI_CSV = PROJECT_ROOT / "data" / "taxi" / "data.csv"
+
+
+def sample_taxi_rows(n: int, seed: int = 7) -> tuple[list[str], list[list[str]]]:
+    """A deterministic sample of `n` rows of the bundled taxi data."""
+    with open(TAXI_CSV, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        rows = list(reader)
+    return header, random.Random(seed).sample(rows, n)
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([header, *rows])
+    path.write_text(buf.getvalue(), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_taxi_dir(tmp_path_factory) -> Path:
+    """400 real taxi trips in a directory of their own."""
+    header, rows = sample_taxi_rows(400)
+    root = tmp_path_factory.mktemp("taxi_small")
+    write_csv(root / "data.csv", header, rows)
+    return root

@@ -1,0 +1,127 @@
+"""End to end: a real LocalDagRunner run on 400 taxi trips, then a second run served from cache."""
+
+import csv
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_data_validation as tfdv
+
+from components.examples import to_example
+from components.pusher.publish import list_versions
+from pipeline.config import EvaluationConfig, ThresholdConfig, TrainingConfig, load_config
+from pipeline.lineage import open_store, pipeline_runs, run_executions
+from pipeline.runner import run_local
+from tests.conftest import TAXI_CONFIG
+
+pytestmark = pytest.mark.e2e
+
+NODES = {
+    "CsvExampleGen",
+    "StatisticsGen",
+    "SchemaGen",
+    "ImportSchemaGen",
+    "ExampleValidator",
+    "Transform",
+    "latest_blessed_model_resolver",
+    "Trainer",
+    "Evaluator",
+    "SafePusher",
+}
+UPSTREAM_OF_TRAINER = {
+    "CsvExampleGen",
+    "StatisticsGen",
+    "SchemaGen",
+    "ImportSchemaGen",
+    "ExampleValidator",
+    "Transform",
+}
+
+
+@pytest.fixture(scope="session")
+def e2e_config(small_taxi_dir, tmp_path_factory):
+    """The taxi config on 400 rows, with a small step budget and thresholds a tiny model can meet."""
+    config = load_config(TAXI_CONFIG, output_dir=tmp_path_factory.mktemp("e2e"), data_root=small_taxi_dir)
+    evaluation = EvaluationConfig(
+        metrics=config.evaluation.metrics,
+        thresholds=(
+            ThresholdConfig("AUC", lower_bound=0.3, max_change=0.5),
+            ThresholdConfig("BinaryAccuracy", lower_bound=0.3),
+        ),
+        slices=config.evaluation.slices,
+    )
+    return config.replace(training=TrainingConfig(train_steps=40, eval_steps=5), evaluation=evaluation)
+
+
+@pytest.fixture(scope="session")
+def two_runs(e2e_config, tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("logs")
+    first = run_local(e2e_config, io.StringIO(), log_dir)
+    versions_after_first = list_versions(e2e_config.serving_model_dir)
+    second = run_local(e2e_config, io.StringIO(), log_dir)
+    return first, versions_after_first, second
+
+
+def _raw_examples(data_dir, schema_path, label, n=8):
+    schema = tfdv.load_schema_text(schema_path)
+    with open(data_dir / "data.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))[:n]
+    return [to_example(r, schema, skip=[label]).SerializeToString() for r in rows]
+
+
+def test_first_run_pushes_a_model_in_the_tf_serving_layout(two_runs, e2e_config):
+    first, versions, _ = two_runs
+    assert len(versions) == 1
+    version_dir = f"{e2e_config.serving_model_dir}/{versions[0]}"
+    assert first.summary.pushed_to == version_dir
+    assert tf.io.gfile.exists(f"{version_dir}/saved_model.pb")
+    assert tf.io.gfile.isdir(f"{version_dir}/variables")
+    assert tf.io.gfile.isdir(f"{version_dir}/assets")
+
+
+def test_pushed_model_serves_probabilities_from_raw_examples(two_runs, e2e_config, small_taxi_dir):
+    _, versions, _ = two_runs
+    model = tf.saved_model.load(f"{e2e_config.serving_model_dir}/{versions[0]}")
+    serve = model.signatures["serving_default"]
+    assert list(serve.structured_input_signature[1]) == ["examples"]
+    examples = _raw_examples(small_taxi_dir, e2e_config.schema_path, e2e_config.label)
+    out = serve(examples=tf.constant(examples))["probabilities"].numpy()
+    assert out.shape == (len(examples), 1)
+    assert np.all(np.isfinite(out)) and np.all((out >= 0) & (out <= 1))
+    assert len(np.unique(out.round(6))) > 1, "different trips should get different scores"
+
+
+def test_ml_metadata_records_every_component(two_runs, e2e_config):
+    store = open_store(e2e_config.output.metadata_path)
+    first_run = pipeline_runs(store, e2e_config.name)[0]
+    executions = run_executions(store, first_run, e2e_config.name)
+    assert set(executions) == NODES
+    assert {n for n, e in executions.items() if e.state != "complete"} == set()
+
+
+def test_first_summary_reports_rows_metrics_and_blessing(two_runs):
+    first, _, _ = two_runs
+    summary = first.summary
+    assert sum(summary.rows.values()) == 400 and set(summary.rows) == {"train", "eval"}
+    assert summary.anomalies == {}
+    assert summary.training == "cold start: no blessed model yet"
+    assert summary.blessed is True and summary.has_baseline is False
+    names = {m.name for m in summary.metrics}
+    assert {"auc", "binary_accuracy", "example_count"} <= names
+    text = "\n".join(summary.lines())
+    assert "blessed: yes, on absolute thresholds alone (first model)" in text
+    assert "pushed: " in text
+
+
+def test_second_run_is_served_from_cache_and_pushes_nothing_new(two_runs, e2e_config):
+    _, versions_after_first, second = two_runs
+    assert UPSTREAM_OF_TRAINER <= set(second.summary.cached)
+    assert list_versions(e2e_config.serving_model_dir) == versions_after_first
+    assert second.summary.pushed_to is None
+    assert "already serves a model trained from the same inputs" in second.summary.not_pushed_reason
+    store = open_store(e2e_config.output.metadata_path)
+    runs = pipeline_runs(store, e2e_config.name)
+    assert len(runs) == 2
+    cached = {n for n, e in run_executions(store, runs[1], e2e_config.name).items() if e.state == "cached"}
+    assert UPSTREAM_OF_TRAINER <= cached
