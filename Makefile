@@ -14,7 +14,7 @@ PYTHON310 := $(shell \
 	else root=$$(pyenv root 2>/dev/null || echo $$HOME/.pyenv); \
 	  ls -d $$root/versions/3.10.*/bin/python 2>/dev/null | sort -V | tail -n 1; fi)
 
-.PHONY: run test lint e2e unit image clean venv
+.PHONY: run test lint unit image compile clean venv
 
 venv: $(STAMP)
 
@@ -39,8 +39,14 @@ test: lint
 unit: $(STAMP)
 	$(VENV)/bin/pytest -m "not e2e" $(PYTEST_ARGS)
 
+# Build and push the Kubeflow pipeline image (needs a Docker engine; not run in tests).
+IMAGE ?= ghcr.io/conveyor-ml/conveyor:latest
 image:
-	$(MAKE) -C kubeflow image
+	docker build -f kubeflow/Dockerfile -t $(IMAGE) .
+	docker push $(IMAGE)
+
+compile: $(STAMP)
+	$(VENV)/bin/conveyor compile --image $(IMAGE) $(ARGS)
 
 clean:
 	rm -rf output

@@ -19,7 +19,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def prepare_environment() -> None:
     """Process-wide settings every entry point needs before TensorFlow is first imported."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the pipeline locally: ExampleGen through Pusher")
     _add_run_args(run)
     run.set_defaults(func=cmd_run)
+
+    from kubeflow import kubeflow_runner
+
+    compile_ = sub.add_parser("compile", help="compile the pipeline for Kubeflow Pipelines (KFP v2 YAML)")
+    kubeflow_runner.add_arguments(compile_)
+    compile_.set_defaults(func=kubeflow_runner.main)
     return parser
 
 

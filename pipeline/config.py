@@ -110,6 +110,17 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class KubeflowConfig:
+    """Cluster facts for `conveyor compile`: where the pipeline reads and writes, which image it runs."""
+
+    pipeline_root: str = ""
+    data_root: str = ""
+    serving_root: str = ""
+    image: str = ""
+    beam_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     name: str
     data_root: str
@@ -122,6 +133,7 @@ class PipelineConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     beam_args: tuple[str, ...] = ()
+    kubeflow: KubeflowConfig = field(default_factory=KubeflowConfig)
     source: Optional[str] = None
 
     @property
@@ -272,7 +284,28 @@ def _parse_evaluation(raw: Mapping[str, Any]) -> EvaluationConfig:
     return EvaluationConfig(**kwargs)
 
 
-_TOP_KEYS = {"name", "data", "label", "schema", "features", "model", "training", "evaluation", "serving", "beam"}
+def _parse_kubeflow(raw: Mapping[str, Any]) -> KubeflowConfig:
+    _check_keys(raw, {f.name for f in dataclasses.fields(KubeflowConfig)}, set(), "kubeflow.")
+    kwargs: dict[str, Any] = {k: _typed(v, str, f"kubeflow.{k}") for k, v in raw.items() if k != "beam_args"}
+    if "beam_args" in raw:
+        args = _typed(raw["beam_args"], list, "kubeflow.beam_args")
+        kwargs["beam_args"] = tuple(_typed(a, str, "kubeflow.beam_args") for a in args)
+    return KubeflowConfig(**kwargs)
+
+
+_TOP_KEYS = {
+    "name",
+    "data",
+    "label",
+    "schema",
+    "features",
+    "model",
+    "training",
+    "evaluation",
+    "serving",
+    "beam",
+    "kubeflow",
+}
 
 
 def parse_config(
@@ -341,6 +374,7 @@ def parse_config(
             training=_parse_training(raw.get("training", {}) or {}),
             evaluation=evaluation,
             beam_args=beam_args,
+            kubeflow=_parse_kubeflow(raw.get("kubeflow", {}) or {}),
             source=source,
         )
     except ConfigError as err:

@@ -1,0 +1,153 @@
+"""Compiles the same create_pipeline(config) for Kubeflow Pipelines (KFP v2 YAML) with KubeflowV2DagRunner.
+
+Usage: python kubeflow/kubeflow_runner.py [--config FILE] [--output FILE] [--image IMAGE] ...
+(the same as `conveyor compile`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from pipeline.config import KubeflowConfig, OutputConfig, PipelineConfig
+
+DEFAULT_OUTPUT = "output/kubeflow/pipeline.yaml"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Where kubeflow/Dockerfile installs the project inside the image.
+CONTAINER_ROOT = "/conveyor"
+
+
+def container_path(path: str) -> str:
+    """The path a file of this project has inside the pipeline image.
+
+    Raises:
+      ValueError: the file is outside the project, so the image does not contain it.
+    """
+    try:
+        relative = Path(path).resolve().relative_to(PROJECT_ROOT)
+    except ValueError:
+        raise ValueError(f"{path} is outside the project, so the pipeline image does not contain it") from None
+    return f"{CONTAINER_ROOT}/{relative.as_posix()}"
+
+
+def kfp_safe_name(name: str) -> str:
+    """KFP pipeline and task names: lower-case letters, digits and '-', starting with a letter."""
+    safe = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    if not safe or not safe[0].isalpha():
+        safe = f"p-{safe}"
+    return safe[:63]
+
+
+def cluster_config(config: PipelineConfig, overrides: Optional[KubeflowConfig] = None) -> PipelineConfig:
+    """The same config with the cluster's environment facts: paths, Beam args; no local ML Metadata.
+
+    Args:
+      config: the dataset config as `conveyor run` uses it.
+      overrides: non-empty fields replace the config's `kubeflow:` section.
+
+    Returns:
+      The config create_pipeline compiles for the cluster.
+
+    Raises:
+      ValueError: a required cluster fact (pipeline root, data root, serving root, image) is unset,
+        or the curated schema lies outside the project (and so outside the image).
+    """
+    facts = config.kubeflow
+    if overrides is not None:
+        facts = KubeflowConfig(
+            **{
+                name: getattr(overrides, name) or getattr(facts, name)
+                for name in ("pipeline_root", "data_root", "serving_root", "image", "beam_args")
+            }
+        )
+    missing = [n for n in ("pipeline_root", "data_root", "serving_root", "image") if not getattr(facts, n)]
+    if missing:
+        flags = ", ".join(f"--{n.replace('_', '-')}" for n in missing)
+        raise ValueError(
+            f"kubeflow: {', '.join(missing)} not set; add them to the config's kubeflow: section or pass {flags}"
+        )
+    return config.replace(
+        name=kfp_safe_name(config.name),
+        data_root=facts.data_root,
+        schema_path=container_path(config.schema_path),
+        output=OutputConfig(pipeline_root=facts.pipeline_root, serving_root=facts.serving_root, metadata_path=None),
+        beam_args=facts.beam_args or config.beam_args,
+        kubeflow=facts,
+    )
+
+
+def compile_pipeline(config: PipelineConfig, output_file: str | Path) -> Path:
+    """Compiles create_pipeline(config) into a KFP v2 pipeline file (YAML when the name ends in .yaml).
+
+    Args:
+      config: a config from `cluster_config`.
+      output_file: where the pipeline spec goes.
+
+    Returns:
+      The path written.
+    """
+    from tfx import v1 as tfx
+
+    from pipeline.pipeline import create_pipeline
+
+    output = Path(output_file)
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=config.kubeflow.image),
+        output_dir=str(output.parent),
+        output_filename=output.name,
+    )
+    runner.run(create_pipeline(config), write_out=True)
+    return output
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.cli import DEFAULT_CONFIG
+
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="dataset config (default: configs/taxi.yaml)")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help=f"pipeline file (default: {DEFAULT_OUTPUT})")
+    parser.add_argument("--image", default="", help="pipeline image (kubeflow.image)")
+    parser.add_argument("--pipeline-root", default="", help="artifact root on the cluster (kubeflow.pipeline_root)")
+    parser.add_argument("--data-root", default="", help="CSV data on the cluster (kubeflow.data_root)")
+    parser.add_argument("--serving-root", default="", help="serving directory mounted in pods (kubeflow.serving_root)")
+    parser.add_argument(
+        "--beam-arg",
+        action="append",
+        default=[],
+        dest="beam_args",
+        help="a Beam flag for every Beam component, e.g. --beam-arg=--runner=FlinkRunner (repeatable)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Runs `conveyor compile`; returns the exit code."""
+    from pipeline.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+        overrides = KubeflowConfig(
+            pipeline_root=args.pipeline_root,
+            data_root=args.data_root,
+            serving_root=args.serving_root,
+            image=args.image,
+            beam_args=tuple(args.beam_args),
+        )
+        config = cluster_config(config, overrides)
+    except (ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    path = compile_pipeline(config, args.output)
+    print(f"compiled pipeline '{config.name}' for Kubeflow Pipelines: {path}")
+    print(f"  image {config.kubeflow.image}; Beam args {' '.join(config.beam_args) or '(none)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    from pipeline.cli import prepare_environment
+
+    prepare_environment()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args()))

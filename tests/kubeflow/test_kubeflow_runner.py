@@ -1,0 +1,159 @@
+"""The Kubeflow compile: the same pipeline as the local run, as a strict KFP v2 spec."""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from kubeflow.kubeflow_runner import cluster_config, compile_pipeline, kfp_safe_name
+from pipeline.config import KubeflowConfig, load_config
+from pipeline.pipeline import create_pipeline
+from tests.conftest import TAXI_CONFIG
+
+GOLDEN = Path(__file__).resolve().parents[1] / "testdata" / "kubeflow" / "taxi_pipeline.golden.yaml"
+IMAGE = "registry.example/conveyor:test"
+BEAM_ARGS = ("--runner=SparkRunner", "--spark_master_url=spark://spark-master:7077", "--environment_type=LOOPBACK")
+BEAM_COMPONENTS = ("CsvExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform", "Evaluator")
+RESOLVER = "latest_blessed_model_resolver"
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    local = load_config(TAXI_CONFIG)
+    config = cluster_config(
+        local,
+        KubeflowConfig(
+            pipeline_root="gs://bucket/root",
+            data_root="gs://bucket/data",
+            serving_root="/serving",
+            image=IMAGE,
+            beam_args=BEAM_ARGS,
+        ),
+    )
+    path = compile_pipeline(config, tmp_path_factory.mktemp("kfp") / "pipeline.yaml")
+    return local, config, path, yaml.safe_load(path.read_text())
+
+
+def test_output_parses_strictly_as_a_kfp_pipeline_spec(compiled):
+    _, _, _, spec = compiled
+    parsed = json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
+    assert parsed.pipeline_info.name == "taxi"
+    assert parsed.schema_version == "2.0.0"
+
+
+def test_kfp_sdk_loads_the_pipeline(compiled):
+    from kfp import components
+
+    _, _, path, _ = compiled
+    loaded = components.load_component_from_file(str(path))
+    assert loaded.name == "taxi"
+    assert set(loaded.pipeline_spec.root.dag.tasks) >= {"Trainer", "Evaluator", "SafePusher"}
+
+
+def _task_node(task: str) -> str:
+    return RESOLVER if task.startswith(RESOLVER) else task
+
+
+def test_every_component_with_the_same_dependencies_as_the_local_pipeline(compiled):
+    local, _, _, spec = compiled
+    local_pipeline = create_pipeline(local)
+    expected = {n.id: {u.id for u in n.upstream_nodes} for n in local_pipeline.components}
+    tasks = spec["root"]["dag"]["tasks"]
+    actual: dict[str, set] = {}
+    for name, task in tasks.items():
+        actual.setdefault(_task_node(name), set()).update(_task_node(t) for t in task.get("dependentTasks", []))
+    actual[RESOLVER] -= {RESOLVER}
+    assert actual == expected
+
+
+def test_every_executor_runs_the_configured_image(compiled):
+    _, _, _, spec = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    images = {e["container"]["image"] for e in executors.values() if "container" in e}
+    assert images == {IMAGE}
+
+
+def test_user_code_is_referenced_by_dotted_paths_into_components(compiled):
+    _, _, _, spec = compiled
+    tasks = spec["root"]["dag"]["tasks"]
+
+    def param(task, key):
+        return tasks[task]["inputs"]["parameters"][key]["runtimeValue"]["constantValue"]["stringValue"]
+
+    assert param("Trainer", "run_fn") == "components.model.run_fn"
+    assert param("Transform", "preprocessing_fn") == "components.preprocessing.preprocessing_fn"
+    pusher = spec["deploymentSpec"]["executors"]["SafePusher_executor"]["container"]["args"]
+    assert pusher[pusher.index("--executor_class_path") + 1] == "components.pusher.component.SafePusher_Executor"
+    assert "module_file" not in yaml.safe_dump(spec)
+    assert param("ImportSchemaGen", "schema_file") == "/conveyor/schema/taxi/schema.pbtxt"
+    assert param("SafePusher", "serving_model_dir") == "/serving/taxi"
+
+
+def test_warm_start_resolver_feeds_trainer_and_evaluator(compiled):
+    _, _, _, spec = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    model_query = executors[f"{RESOLVER}-model-resolver_executor"]["resolver"]["outputArtifactQueries"]["model"]
+    assert 'schema_title="tfx.Model"' in model_query["filter"]
+    blessing = executors[f"{RESOLVER}-model-blessing-resolver_executor"]["resolver"]["outputArtifactQueries"]
+    assert "blessed" in yaml.safe_dump(blessing)
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["Trainer"]["inputs"]["artifacts"]["base_model"]["taskOutputArtifact"]["producerTask"].startswith(
+        RESOLVER
+    )
+    baseline = tasks["Evaluator"]["inputs"]["artifacts"]["baseline_model"]["taskOutputArtifact"]["producerTask"]
+    assert baseline.startswith(RESOLVER)
+
+
+def test_cluster_beam_args_reach_every_beam_component_unchanged(compiled):
+    _, config, _, spec = compiled
+    assert config.beam_args == BEAM_ARGS
+    executors = spec["deploymentSpec"]["executors"]
+    for component in BEAM_COMPONENTS:
+        args = executors[f"{component}_executor"]["container"]["args"]
+        for flag in BEAM_ARGS:
+            assert flag in args, f"{flag} missing from {component}"
+
+
+def test_local_facts_do_not_leak_into_the_cluster_spec(compiled):
+    _, _, _, spec = compiled
+    text = yaml.safe_dump(spec)
+    assert str(Path(__file__).resolve().parents[2]) not in text
+    assert "metadata.sqlite" not in text
+    assert "gs://bucket/data" in text
+
+
+def _stable(spec: dict) -> dict:
+    """The spec without fields that change with the TFX version."""
+    spec = dict(spec)
+    spec.pop("sdkVersion", None)
+    return spec
+
+
+def test_matches_the_golden_spec(compiled):
+    _, _, _, spec = compiled
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+        GOLDEN.write_text(yaml.safe_dump(_stable(spec), sort_keys=True))
+    golden = yaml.safe_load(GOLDEN.read_text())
+    assert _stable(spec) == golden, (
+        "the compiled Kubeflow pipeline changed; if that is intended, review the diff and regenerate with "
+        "UPDATE_GOLDEN=1 pytest tests/kubeflow"
+    )
+
+
+def test_missing_cluster_facts_are_named(tmp_path):
+    local = load_config(TAXI_CONFIG).replace(kubeflow=KubeflowConfig())
+    with pytest.raises(ValueError, match=r"pipeline_root, data_root, serving_root, image not set.*--pipeline-root"):
+        cluster_config(local)
+
+
+@pytest.mark.parametrize(
+    "name, safe", [("taxi", "taxi"), ("Taxi_Pipeline v2", "taxi-pipeline-v2"), ("9lives", "p-9lives")]
+)
+def test_kfp_safe_names(name, safe):
+    assert kfp_safe_name(name) == safe
+    assert re.match(r"^[a-z][a-z0-9-]*$", kfp_safe_name(name))
