@@ -10,7 +10,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from pipeline.config import KubeflowConfig, OutputConfig, PipelineConfig
 
