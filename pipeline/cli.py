@@ -51,12 +51,118 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load(args: argparse.Namespace):
+    from pipeline.config import load_config
+
+    return load_config(args.config, data_root=getattr(args, "data_root", None))
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from pipeline.config import ConfigError
+    from pipeline.data_check import check
+
+    try:
+        config = _load(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    code, message = check(args.path, config.schema_path, config.label, config.beam_args)
+    print(message, file=sys.stderr if code else sys.stdout)
+    return code
+
+
+def _schema_diff(args: argparse.Namespace):
+    from pipeline import schema_review
+    from pipeline.config import ConfigError
+    from pipeline.data_check import DataReadError
+
+    try:
+        config = _load(args)
+        result, anomalies = schema_review.diff(config.data_root, config.schema_path, config.beam_args)
+    except (ConfigError, DataReadError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None, None, None
+    return config, result, anomalies
+
+
+def cmd_schema_diff(args: argparse.Namespace) -> int:
+    from pipeline import schema_review
+
+    config, result, anomalies = _schema_diff(args)
+    if config is None:
+        return EXIT_USAGE
+    report_dir = Path(args.report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    md, page = report_dir / "schema_diff.md", report_dir / "schema_diff.html"
+    md.write_text(schema_review.markdown(result, config.schema_path), encoding="utf-8")
+    page.write_text(schema_review.html_report(result, config.schema_path, anomalies), encoding="utf-8")
+    if result.changes:
+        print(f"{len(result.changes)} difference(s) between {config.data_root} and {config.schema_path}:")
+        for change in result.changes:
+            print(f"  {change.line()}")
+    else:
+        print(f"no differences: {config.data_root} matches {config.schema_path}")
+    print(f"  reports: {md} (for a pull request), {page} (statistics; opens offline)")
+    return EXIT_OK
+
+
+def cmd_schema_approve(args: argparse.Namespace) -> int:
+    from pipeline import schema_review
+
+    config, result, _ = _schema_diff(args)
+    if config is None:
+        return EXIT_USAGE
+    if not result.changes:
+        print(f"nothing to approve: {config.data_root} matches {config.schema_path}")
+        return EXIT_OK
+    header, curated = schema_review.read_schema(config.schema_path)
+    before = Path(config.schema_path).read_text(encoding="utf-8")
+    try:
+        updated, accepted = schema_review.apply(curated, result, args.feature or None)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    schema_review.write_schema(config.schema_path, header, updated)
+    after = Path(config.schema_path).read_text(encoding="utf-8")
+    log = Path(config.schema_path).parent / schema_review.REVIEW_LOG
+    entry = schema_review.record_review(log, result, accepted, before, after)
+    print(f"approved {len(accepted)} change(s) to {', '.join(entry['features'])} in {config.schema_path}")
+    print(f"  review logged in {log} (by {entry['approved_by']})")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline locally: ExampleGen through Pusher")
     _add_run_args(run)
     run.set_defaults(func=cmd_run)
+
+    data = sub.add_parser("data", help="check data against the curated schema").add_subparsers(
+        dest="data_command", required=True
+    )
+    check = data.add_parser("check", help="validate a CSV file or directory against the curated schema")
+    check.add_argument("path", help="a CSV file or a directory of CSV files")
+    check.add_argument("--config", default=str(DEFAULT_CONFIG), help="dataset config (default: configs/taxi.yaml)")
+    check.set_defaults(func=cmd_data_check)
+
+    schema = sub.add_parser("schema", help="review and approve the curated schema").add_subparsers(
+        dest="schema_command", required=True
+    )
+    for name, func, text in (
+        ("diff", cmd_schema_diff, "report every difference between the data and the curated schema"),
+        ("approve", cmd_schema_approve, "write the data's schema changes into the curated schema"),
+    ):
+        p = schema.add_parser(name, help=text)
+        p.add_argument("--config", default=str(DEFAULT_CONFIG), help="dataset config (default: configs/taxi.yaml)")
+        p.add_argument("--data-root", default=None, help="data to compare (default: the config's data.root)")
+        p.set_defaults(func=func)
+    schema.choices["diff"].add_argument(
+        "--report-dir", default="output/schema_review", help="where the Markdown and HTML reports go"
+    )
+    schema.choices["approve"].add_argument(
+        "--feature", action="append", default=[], help="approve only this feature's changes (repeatable)"
+    )
 
     from kubeflow import kubeflow_runner
 

@@ -364,9 +364,9 @@ def parse_config(
             raise ConfigError("evaluation.slices", f"slice column(s) {sorted(unknown)} are not configured features")
         return PipelineConfig(
             name=name,
-            data_root=str(root.absolute()),
+            data_root=str(root.resolve()),
             label=label,
-            schema_path=str(schema_path.absolute()),
+            schema_path=str(schema_path.resolve()),
             features=features,
             model_name=model_name,
             output=output,

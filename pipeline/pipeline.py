@@ -5,6 +5,7 @@ from __future__ import annotations
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
+from components.data_gate.component import DataGate
 from components.pusher.component import SafePusher
 from pipeline.config import ConfigError, EvaluationConfig, PipelineConfig
 
@@ -72,11 +73,26 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
       The TFX pipeline: ExampleGen through a push of blessed models only.
     """
     example_gen = tfx.components.CsvExampleGen(input_base=config.data_root)
+    # Runs before this run's StatisticsGen, so it resolves the previous run's statistics (drift).
+    previous_statistics_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+        statistics=tfx.dsl.Channel(
+            type=tfx.types.standard_artifacts.ExampleStatistics,
+            producer_component_id="StatisticsGen",
+            output_key="statistics",
+        ),
+    ).with_id("previous_statistics_resolver")
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
     import_schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_path)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=import_schema_gen.outputs["schema"]
+    )
+    data_gate = DataGate(
+        anomalies=example_validator.outputs["anomalies"],
+        statistics=statistics_gen.outputs["statistics"],
+        schema=import_schema_gen.outputs["schema"],
+        previous_statistics=previous_statistics_resolver.outputs["statistics"],
     )
     component_config = config.component_config()
     transform = tfx.components.Transform(
@@ -85,6 +101,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         preprocessing_fn=PREPROCESSING_FN,
         custom_config=component_config,
     )
+    transform.add_upstream_node(data_gate)
     latest_blessed_model_resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
@@ -119,10 +136,12 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         pipeline_root=config.output.pipeline_root,
         components=[
             example_gen,
+            previous_statistics_resolver,
             statistics_gen,
             schema_gen,
             import_schema_gen,
             example_validator,
+            data_gate,
             transform,
             latest_blessed_model_resolver,
             trainer,

@@ -9,8 +9,8 @@ from typing import Optional
 
 import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
-from tensorflow_metadata.proto.v0 import anomalies_pb2
 
+from components.data_gate.anomalies import by_split, read_artifact
 from pipeline.lineage import NodeExecution, custom_property
 
 TRAINING_RECORD = os.path.join("assets.extra", "conveyor_training.json")
@@ -88,20 +88,7 @@ def _rows(statistics: NodeExecution) -> dict[str, int]:
 
 def _anomalies(validator: NodeExecution) -> dict[str, list[str]]:
     artifact = validator.output("anomalies")
-    found = {}
-    for split in json.loads(artifact.properties["split_names"].string_value):
-        path = os.path.join(artifact.uri, f"Split-{split}", "SchemaDiff.pb")
-        if not os.path.exists(path):
-            continue
-        anomalies = anomalies_pb2.Anomalies()
-        with open(path, "rb") as f:
-            anomalies.ParseFromString(f.read())
-        items = [f"{name}: {info.short_description}" for name, info in sorted(anomalies.anomaly_info.items())]
-        if anomalies.HasField("dataset_anomaly_info"):
-            items.append(f"(dataset): {anomalies.dataset_anomaly_info.short_description}")
-        if items:
-            found[split] = items
-    return found
+    return dict(by_split(read_artifact(artifact.uri, artifact.properties["split_names"].string_value)))
 
 
 def _metrics(evaluator: NodeExecution) -> tuple[list[MetricLine], bool, list[str]]:

@@ -1,0 +1,48 @@
+"""DataGate: stops the run when the data violates the curated schema or drifts from the previous span.
+
+ExampleValidator only records anomalies; this component fails when there are any, and Transform
+depends on it, so Transform, Trainer, Evaluator and the pusher never run on bad data. It is a plain
+TFX component, so it stops a Kubeflow run exactly as it stops a local one.
+"""
+
+import json
+import os
+
+import tensorflow_data_validation as tfdv
+from tfx import v1 as tfx
+from tfx.types.standard_artifacts import ExampleAnomalies, ExampleStatistics, Schema
+
+from components.data_gate.anomalies import DataGateError, from_proto, message, read_artifact
+
+TRAINING_SPLIT = "train"
+
+
+def _split_stats(artifact: ExampleStatistics, split: str):
+    path = os.path.join(artifact.uri, f"Split-{split}", "FeatureStats.pb")
+    return tfdv.load_stats_binary(path) if os.path.exists(path) else None
+
+
+@tfx.dsl.components.component
+def DataGate(
+    anomalies: tfx.dsl.components.InputArtifact[ExampleAnomalies],
+    statistics: tfx.dsl.components.InputArtifact[ExampleStatistics],
+    schema: tfx.dsl.components.InputArtifact[Schema],
+    previous_statistics: tfx.dsl.components.InputArtifact[ExampleStatistics] = None,
+) -> None:
+    """Raises DataGateError listing every anomaly: ExampleValidator's, plus drift of the training
+    split against the previous run's statistics under the schema's drift comparators."""
+    found = read_artifact(anomalies.uri, anomalies.split_names)
+    if previous_statistics is not None and previous_statistics.uri != statistics.uri:
+        current, previous = _split_stats(statistics, TRAINING_SPLIT), _split_stats(previous_statistics, TRAINING_SPLIT)
+        if current is not None and previous is not None:
+            curated = tfdv.load_schema_text(os.path.join(schema.uri, "schema.pbtxt"))
+            drift = tfdv.validate_statistics(current, curated, previous_statistics=previous)
+            seen = {(a.split, a.feature, a.short) for a in found}
+            found += [
+                a
+                for a in from_proto(f"{TRAINING_SPLIT} vs previous span", drift)
+                if "drift" in a.short.lower() and (TRAINING_SPLIT, a.feature, a.short) not in seen
+            ]
+    if found:
+        raise DataGateError(message(found, "Data gate"))
+    print(json.dumps({"data_gate": "passed"}))

@@ -1,0 +1,165 @@
+"""`conveyor data check`: a new data drop against the curated schema in seconds, without the pipeline.
+
+CSV files are read the way CsvExampleGen reads them (same type inference, same tf.Example
+conversion), so the statistics and anomalies are the ones the pipeline's data gate would see.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+EXIT_CLEAN, EXIT_ANOMALIES, EXIT_UNREADABLE = 0, 1, 2
+_SNIFF_DELIMITERS = (";", "\t", "|")
+MAX_FIELD_BYTES = 10 * 1024 * 1024
+
+
+class DataReadError(ValueError):
+    """The input cannot be read as CSV; names the file, the line where possible, and what to do."""
+
+    def __init__(self, path: Path | str, problem: str, line: Optional[int] = None):
+        where = f"{path}, line {line}" if line else f"{path}"
+        super().__init__(f"{where}: {problem}")
+        self.path = str(path)
+        self.line = line
+
+
+@dataclass(frozen=True)
+class CsvInput:
+    """Readable CSV files sharing one header."""
+
+    files: tuple[Path, ...]
+    header: tuple[str, ...]
+    rows: int
+
+
+def _csv_files(path: Path) -> list[Path]:
+    if not path.exists():
+        raise DataReadError(path, "does not exist")
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".csv")
+    if not files:
+        raise DataReadError(path, "holds no .csv files")
+    return files
+
+
+def _read_file(path: Path) -> tuple[list[str], int]:
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataReadError(path, "is empty; expected a header line and at least one row")
+    if raw.startswith(codecs.BOM_UTF8):
+        raise DataReadError(path, "starts with a byte-order mark (BOM); save it as UTF-8 without BOM", 1)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataReadError(path, f"is not UTF-8 (byte 0x{raw[err.start]:02x}); re-encode it as UTF-8", line) from None
+    csv.field_size_limit(MAX_FIELD_BYTES)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader)
+    except csv.Error as err:
+        raise DataReadError(path, f"header cannot be parsed ({err})", 1) from None
+    if len(header) == 1 and any(d in header[0] for d in _SNIFF_DELIMITERS):
+        found = next(d for d in _SNIFF_DELIMITERS if d in header[0])
+        raise DataReadError(path, f"uses {found!r} as delimiter; CSV input must be comma-separated", 1)
+    if any(not name.strip() for name in header):
+        raise DataReadError(path, "header has an empty column name", 1)
+    duplicates = sorted({n for n in header if header.count(n) > 1})
+    if duplicates:
+        raise DataReadError(path, f"header repeats column name(s) {', '.join(duplicates)}", 1)
+    rows = 0
+    try:
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise DataReadError(path, f"has {len(row)} fields where the header has {len(header)}", reader.line_num)
+            rows += 1
+    except csv.Error as err:
+        raise DataReadError(path, f"is not valid CSV ({err})", reader.line_num) from None
+    if rows == 0:
+        raise DataReadError(path, "has a header but no rows")
+    return header, rows
+
+
+def read_csv_input(path: str | Path) -> CsvInput:
+    """Checks that a CSV file, or every CSV file in a directory, can be read, before Beam touches it.
+
+    Raises:
+      DataReadError: naming the file, the line where possible, and the problem.
+    """
+    files = _csv_files(Path(path))
+    header, total = None, 0
+    for file in files:
+        this_header, rows = _read_file(file)
+        if header is not None and this_header != header:
+            raise DataReadError(file, f"has a different header from {files[0].name}", 1)
+        header, total = this_header, total + rows
+    return CsvInput(tuple(files), tuple(header), total)
+
+
+def csv_statistics(csv_input: CsvInput, beam_args: Sequence[str] = ()):
+    """TFDV statistics of the files, computed on Beam from the tf.Examples CsvExampleGen would make.
+
+    Returns:
+      A DatasetFeatureStatisticsList.
+    """
+    import apache_beam as beam
+    import tensorflow_data_validation as tfdv
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from tfx.components.example_gen.csv_example_gen.executor import _CsvToExample
+    from tfx_bsl.coders import example_coder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "stats.tfrecord")
+        decoder = example_coder.ExamplesToRecordBatchDecoder()
+        with beam.Pipeline(options=PipelineOptions(list(beam_args))) as p:
+            examples = [
+                p
+                | f"Read{i}" >> _CsvToExample({"input_base": str(f.parent)}, f.name)
+                | f"Serialize{i}" >> beam.Map(lambda e: e.SerializeToString())
+                for i, f in enumerate(csv_input.files)
+            ]
+            _ = (
+                examples
+                | "Flatten" >> beam.Flatten()
+                | "Batch" >> beam.BatchElements(min_batch_size=64, max_batch_size=4096)
+                | "Decode" >> beam.Map(decoder.DecodeBatch)
+                | "Statistics" >> tfdv.GenerateStatistics(tfdv.StatsOptions())
+                | "Write" >> tfdv.WriteStatisticsToBinaryFile(out)
+            )
+        return tfdv.load_stats_binary(out)
+
+
+def check(path: str | Path, schema_path: str, label: str, beam_args: Sequence[str] = ()) -> tuple[int, str]:
+    """Validates a data drop against the curated schema.
+
+    Data without the label column is checked as serving data (the SERVING environment).
+
+    Returns:
+      (exit code, message): 0 clean, 1 anomalies, 2 unreadable input.
+    """
+    import tensorflow_data_validation as tfdv
+
+    from components.data_gate.anomalies import from_proto, message
+
+    try:
+        csv_input = read_csv_input(path)
+    except DataReadError as err:
+        return EXIT_UNREADABLE, f"cannot read input: {err}"
+    environment = "TRAINING" if label in csv_input.header else "SERVING"
+    stats = csv_statistics(csv_input, beam_args)
+    schema = tfdv.load_schema_text(schema_path)
+    anomalies = from_proto(Path(path).name, tfdv.validate_statistics(stats, schema, environment=environment))
+    files = ", ".join(f.name for f in csv_input.files)
+    if anomalies:
+        return EXIT_ANOMALIES, message(anomalies, f"{path} ({csv_input.rows:,} rows; {environment} data)")
+    return EXIT_CLEAN, f"{path}: {csv_input.rows:,} rows in {files} match the curated schema ({environment} data)"
