@@ -2,6 +2,7 @@
 
 import csv
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +13,8 @@ from components.examples import to_example
 from components.pusher.publish import list_versions
 from pipeline.config import EvaluationConfig, ThresholdConfig, TrainingConfig, load_config
 from pipeline.lineage import open_store, pipeline_runs, run_executions
-from pipeline.runner import run_local
-from tests.conftest import TAXI_CONFIG
+from pipeline.runner import ComponentFailed, run_local
+from tests.conftest import TAXI_CONFIG, sample_taxi_rows, write_csv
 
 pytestmark = pytest.mark.e2e
 
@@ -28,6 +29,8 @@ NODES = {
     "Trainer",
     "Evaluator",
     "SafePusher",
+    "previous_statistics_resolver",
+    "DataGate",
 }
 UPSTREAM_OF_TRAINER = {
     "CsvExampleGen",
@@ -125,3 +128,59 @@ def test_second_run_is_served_from_cache_and_pushes_nothing_new(two_runs, e2e_co
     assert len(runs) == 2
     cached = {n for n, e in run_executions(store, runs[1], e2e_config.name).items() if e.state == "cached"}
     assert UPSTREAM_OF_TRAINER <= cached
+
+
+def _variant(tmp_path_factory, name, column, value_for_row):
+    """The e2e sample with one column rewritten row by row."""
+    header, rows = sample_taxi_rows(400)
+    i = header.index(column)
+    rows = [r[:i] + [value_for_row(n, r[i])] + r[i + 1 :] for n, r in enumerate(rows)]
+    root = tmp_path_factory.mktemp(name)
+    write_csv(root / "data.csv", header, rows)
+    return root
+
+
+def _serving_snapshot(config):
+    return {
+        str(p.relative_to(config.serving_model_dir)): p.read_bytes()
+        for p in Path(config.serving_model_dir).rglob("*")
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="session")
+def gate_runs(two_runs, e2e_config, tmp_path_factory):
+    """After the good runs: a run on drifted data, then one with strings in a numeric column."""
+    log_dir = tmp_path_factory.mktemp("gate_logs")
+    results = {}
+    for name, column, rewrite in (
+        ("drifted", "payment_type", lambda n, v: "Cash"),
+        ("bad_type", "fare", lambda n, v: "twelve dollars" if n % 7 == 0 else v),
+    ):
+        before = _serving_snapshot(e2e_config)
+        config = e2e_config.replace(data_root=str(_variant(tmp_path_factory, name, column, rewrite)))
+        with pytest.raises(ComponentFailed) as err:
+            run_local(config, io.StringIO(), log_dir)
+        store = open_store(e2e_config.output.metadata_path)
+        run = pipeline_runs(store, e2e_config.name)[-1]
+        results[name] = (err.value, run_executions(store, run, e2e_config.name), before, _serving_snapshot(e2e_config))
+    return results
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("drifted", ["payment_type", "High Linfty distance between current and previous", "vs previous run"]),
+        ("bad_type", ["fare", "Unexpected data type"]),
+    ],
+)
+def test_data_gate_stops_the_run_before_transform_and_keeps_served_models(gate_runs, case, words):
+    error, executions, before, after = gate_runs[case]
+    assert error.node_id == "DataGate"
+    text = str(error.error)
+    for word in words:
+        assert word in text
+    assert "conveyor schema diff" in text
+    assert executions["DataGate"].state == "failed"
+    assert not {"Transform", "Trainer", "Evaluator", "SafePusher"} & set(executions)
+    assert after == before, "the serving directory must be byte-for-byte unchanged"

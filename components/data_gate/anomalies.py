@@ -42,6 +42,15 @@ def from_proto(split: str, anomalies: anomalies_pb2.Anomalies) -> list[Anomaly]:
     return found
 
 
+def drift(current, previous, schema, split: str) -> list[Anomaly]:
+    """Drift of `current` statistics from `previous` under the schema's drift comparators only
+    (schema violations are ExampleValidator's job and are not repeated here)."""
+    import tensorflow_data_validation as tfdv
+
+    found = from_proto(split, tfdv.validate_statistics(current, schema, previous_statistics=previous))
+    return [a for a in found if "between current and previous" in a.description]
+
+
 def read_artifact(uri: str, split_names: str) -> list[Anomaly]:
     """The anomalies an ExampleValidator wrote, for every split.
 

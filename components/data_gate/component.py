@@ -12,7 +12,7 @@ import tensorflow_data_validation as tfdv
 from tfx import v1 as tfx
 from tfx.types.standard_artifacts import ExampleAnomalies, ExampleStatistics, Schema
 
-from components.data_gate.anomalies import DataGateError, from_proto, message, read_artifact
+from components.data_gate.anomalies import DataGateError, drift, message, read_artifact
 
 TRAINING_SPLIT = "train"
 
@@ -36,13 +36,7 @@ def DataGate(
         current, previous = _split_stats(statistics, TRAINING_SPLIT), _split_stats(previous_statistics, TRAINING_SPLIT)
         if current is not None and previous is not None:
             curated = tfdv.load_schema_text(os.path.join(schema.uri, "schema.pbtxt"))
-            drift = tfdv.validate_statistics(current, curated, previous_statistics=previous)
-            seen = {(a.split, a.feature, a.short) for a in found}
-            found += [
-                a
-                for a in from_proto(f"{TRAINING_SPLIT} vs previous span", drift)
-                if "drift" in a.short.lower() and (TRAINING_SPLIT, a.feature, a.short) not in seen
-            ]
+            found += drift(current, previous, curated, f"{TRAINING_SPLIT} vs previous run")
     if found:
         raise DataGateError(message(found, "Data gate"))
     print(json.dumps({"data_gate": "passed"}))

@@ -1,0 +1,113 @@
+"""`conveyor data check` and drift, with real TFDV on small fixture CSVs made from the taxi data."""
+
+import pytest
+
+from components.data_gate.anomalies import drift
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.data_check import EXIT_ANOMALIES, EXIT_CLEAN, EXIT_UNREADABLE, check, csv_statistics, read_csv_input
+from tests.conftest import TAXI_CONFIG, sample_taxi_rows, write_csv
+
+CONFIG = load_config(TAXI_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def taxi():
+    return sample_taxi_rows(300, seed=11)
+
+
+def _check(tmp_path, header, rows):
+    path = write_csv(tmp_path / "drop.csv", header, rows)
+    return check(path, CONFIG.schema_path, CONFIG.label)
+
+
+def _column(header, name):
+    return header.index(name)
+
+
+def test_clean_data_passes(tmp_path, taxi):
+    code, message = _check(tmp_path, *taxi)
+    assert code == EXIT_CLEAN, message
+    assert "300 rows" in message and "match the curated schema" in message
+
+
+def test_a_new_column(tmp_path, taxi):
+    header, rows = taxi
+    code, message = _check(tmp_path, header + ["surge_factor"], [r + ["1.5"] for r in rows])
+    assert code == EXIT_ANOMALIES
+    assert "surge_factor: New column" in message
+    assert "conveyor schema diff" in message
+
+
+def test_a_missing_column(tmp_path, taxi):
+    header, rows = taxi
+    i = _column(header, "company")
+    code, message = _check(tmp_path, header[:i] + header[i + 1 :], [r[:i] + r[i + 1 :] for r in rows])
+    assert code == EXIT_ANOMALIES
+    assert "company: Column dropped" in message
+
+
+def test_a_string_in_a_numeric_column(tmp_path, taxi):
+    header, rows = taxi
+    i = _column(header, "fare")
+    bad = [r[:i] + ["twelve dollars"] + r[i + 1 :] if n % 10 == 0 else r for n, r in enumerate(rows)]
+    code, message = _check(tmp_path, header, bad)
+    assert code == EXIT_ANOMALIES
+    assert "fare:" in message and "type" in message.lower()
+
+
+def test_unseen_categorical_values_beyond_the_allowed_fraction(tmp_path, taxi):
+    header, rows = taxi
+    i = _column(header, "payment_type")
+    bad = [r[:i] + [f"Crypto {n % 3}"] + r[i + 1 :] if n % 4 == 0 else r for n, r in enumerate(rows)]
+    code, message = _check(tmp_path, header, bad)
+    assert code == EXIT_ANOMALIES
+    assert "payment_type: Unexpected string values" in message
+    assert "Crypto 0" in message
+
+
+def test_serving_data_without_the_label_is_not_flagged(tmp_path, taxi):
+    header, rows = taxi
+    keep = [n for n, name in enumerate(header) if name not in ("big_tipper", "tips")]
+    code, message = _check(tmp_path, [header[n] for n in keep], [[r[n] for n in keep] for r in rows])
+    assert code == EXIT_CLEAN, message
+    assert "SERVING data" in message
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ("", "is empty"),
+        ("fare,company,big_tipper\n", "has a header but no rows"),
+        ("fare;company;big_tipper\n1;a;0\n", "uses ';' as delimiter"),
+        ("fare,company,big_tipper\n1,a,0\n2,b\n", "line 3: has 2 fields where the header has 3"),
+    ],
+)
+def test_unreadable_input_exits_2_naming_the_file(tmp_path, content, words):
+    path = tmp_path / "drop.csv"
+    path.write_text(content)
+    code, message = check(path, CONFIG.schema_path, CONFIG.label)
+    assert code == EXIT_UNREADABLE
+    assert str(path) in message and words in message
+
+
+def test_cli_exit_codes(tmp_path, taxi, capsys):
+    write_csv(tmp_path / "good" / "a.csv", *taxi)
+    assert main(["data", "check", str(tmp_path / "good")]) == EXIT_CLEAN
+    assert main(["data", "check", str(tmp_path / "nowhere")]) == EXIT_UNREADABLE
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_drift_beyond_the_threshold_is_flagged(tmp_path, taxi):
+    header, rows = taxi
+    i = _column(header, "payment_type")
+    shifted = [r[:i] + ["Cash"] + r[i + 1 :] for r in rows]
+    before = csv_statistics(read_csv_input(write_csv(tmp_path / "a" / "d.csv", header, rows)))
+    after = csv_statistics(read_csv_input(write_csv(tmp_path / "b" / "d.csv", header, shifted)))
+    import tensorflow_data_validation as tfdv
+
+    schema = tfdv.load_schema_text(CONFIG.schema_path)
+    found = drift(after, before, schema, "train")
+    assert [a.feature for a in found] == ["payment_type"]
+    assert "Linfty distance" in found[0].description
+    assert drift(before, before, schema, "train") == []

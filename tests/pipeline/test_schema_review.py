@@ -1,0 +1,101 @@
+"""`conveyor schema diff` / `approve` on real TFDV statistics: plain-words changes, minimal edits, a review log."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.data_check import EXIT_ANOMALIES, EXIT_CLEAN, check
+from pipeline.schema_review import diff, read_schema
+from tests.conftest import TAXI_CONFIG, sample_taxi_rows, write_csv
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A config whose curated schema is a copy in tmp_path, and a data drop that breaks it: a new
+    column and a new payment type."""
+    schema = tmp_path / "schema" / "schema.pbtxt"
+    schema.parent.mkdir()
+    shutil.copy(load_config(TAXI_CONFIG).schema_path, schema)
+    header, rows = sample_taxi_rows(300, seed=5)
+    i = header.index("payment_type")
+    rows = [r[:i] + ["Crypto"] + r[i + 1 :] if n % 5 == 0 else r for n, r in enumerate(rows)]
+    data = tmp_path / "data"
+    write_csv(data / "drop.csv", header + ["surge_factor"], [r + [str(1 + n % 3)] for n, r in enumerate(rows)])
+    raw = yaml.safe_load(TAXI_CONFIG.read_text())
+    raw["data"]["root"] = str(data)
+    raw["schema"] = str(schema)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    return config, schema, data
+
+
+def test_diff_reports_each_change_in_plain_words_and_writes_reports(project, tmp_path, capsys):
+    config, schema, data = project
+    result, anomalies = diff(data, schema)
+    lines = [c.line() for c in result.changes]
+    assert any(line.startswith("surge_factor: feature added (INT") for line in lines)
+    added = next(line for line in lines if line.startswith("payment_type: 1 categorical value(s) added"))
+    assert "'Crypto' (60 rows)" in added
+    assert any("surge_factor" in a for a in anomalies)
+
+    assert main(["schema", "diff", "--config", str(config), "--report-dir", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "surge_factor: feature added" in out
+    md = (tmp_path / "r" / "schema_diff.md").read_text()
+    assert "| `payment_type` |" in md
+    page = (tmp_path / "r" / "schema_diff.html").read_text()
+    assert "<svg" in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert "Crypto" in page
+
+
+def test_approve_some_then_all_then_diff_is_clean_and_data_passes(project):
+    config, schema, data = project
+    before_text = schema.read_text()
+    header_before, before = read_schema(schema)
+    assert check(data, str(schema), "big_tipper")[0] == EXIT_ANOMALIES
+    pending = set(diff(data, schema)[0].features)
+    assert {"surge_factor", "payment_type"} <= pending
+
+    assert main(["schema", "approve", "--config", str(config), "--feature", "surge_factor"]) == 0
+    remaining, _ = diff(data, schema)
+    assert set(remaining.features) == pending - {"surge_factor"}
+
+    assert main(["schema", "approve", "--config", str(config)]) == 0
+    after_header, after = read_schema(schema)
+    assert diff(data, schema)[0].changes == []
+    code, message = check(data, str(schema), "big_tipper")
+    assert code == EXIT_CLEAN, message
+
+    # Deterministic and minimal: header kept, old features in their order, only the new one appended,
+    # and what people set (environments, drift comparators) survives.
+    assert after_header == header_before
+    assert [f.name for f in after.feature] == [f.name for f in before.feature] + ["surge_factor"]
+    untouched = [f for f in before.feature if f.name not in pending]
+    assert untouched, "the sample leaves some features as they were"
+    for f in untouched:
+        assert next(g for g in after.feature if g.name == f.name) == f
+    payment = next(f for f in after.feature if f.name == "payment_type")
+    assert payment.drift_comparator.infinity_norm.threshold == pytest.approx(0.2)
+    assert next(f for f in after.feature if f.name == "big_tipper").not_in_environment == ["SERVING"]
+    added_lines = [line for line in schema.read_text().splitlines() if line not in before_text.splitlines()]
+    assert any('"Crypto"' in line for line in added_lines)
+    assert any('"surge_factor"' in line for line in added_lines)
+
+    log = [json.loads(line) for line in (schema.parent / "reviews.jsonl").read_text().splitlines()]
+    assert [entry["features"] for entry in log] == [["surge_factor"], sorted(pending - {"surge_factor"})]
+    for entry in log:
+        assert entry["approved_by"] and entry["approved_at"] and entry["rows"] == 300
+        assert entry["data"] == str(data) and len(entry["statistics_sha256"]) == 64
+        assert entry["schema_sha256_before"] != entry["schema_sha256_after"]
+
+
+def test_approving_a_feature_without_changes_is_refused(project, capsys):
+    config, schema, _ = project
+    before = schema.read_text()
+    assert main(["schema", "approve", "--config", str(config), "--feature", "fare"]) == 2
+    assert "no pending change for feature(s) fare" in capsys.readouterr().err
+    assert schema.read_text() == before
