@@ -240,6 +240,12 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     if fn_args.base_model and training_fingerprint(fn_args.base_model) == fingerprint:
         log.info("inputs unchanged since the latest blessed model %s; reusing it", fn_args.base_model)
         _copy_tree(fn_args.base_model, fn_args.serving_model_dir)
+        record_path = os.path.join(fn_args.serving_model_dir, str(TRAINING_RECORD))
+        with tf.io.gfile.GFile(record_path) as f:
+            record = json.load(f)
+        record["reused_from"] = fn_args.base_model
+        with tf.io.gfile.GFile(record_path, "w") as f:
+            json.dump(record, f)
         return
     label, features = features_from_component_config(fn_args.custom_config)
     model_config = ModelConfig(**fn_args.custom_config["model"])

@@ -28,6 +28,7 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="dataset config (default: configs/taxi.yaml)")
     parser.add_argument("--data-root", default=None, help="directory of CSV files, overriding data.root")
     parser.add_argument("--output-dir", default="output", help="artifacts, ML Metadata, logs and serving models")
+    parser.add_argument("--span", type=int, default=None, help="run on data-root/span-N/ (default: the newest span)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -35,7 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runner import ComponentFailed, run_local
 
     try:
-        config = load_config(args.config, output_dir=args.output_dir, data_root=args.data_root)
+        config = load_config(args.config, output_dir=args.output_dir, data_root=args.data_root, span=args.span)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -13,6 +13,8 @@ import yaml
 
 FEATURE_KINDS = ("numeric", "categorical_string", "categorical_int", "bucketized")
 DIRECTIONS = ("higher_is_better", "lower_is_better")
+SPAN_DIR_RE = re.compile(r"^span-(\d+)$")
+SPAN_PATTERN = "span-{SPAN}/*.csv"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _FEATURE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -129,6 +131,12 @@ class PipelineConfig:
     features: tuple[FeatureConfig, ...]
     model_name: str
     output: OutputConfig
+    keep_versions: int = 5
+    # Spans: `span_pattern` is set when the data root holds span-<N>/ directories; `span` picks one
+    # (None: the newest); `window` trains on the last K spans and evaluates on the newest.
+    span_pattern: Optional[str] = None
+    span: Optional[int] = None
+    window: int = 1
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
@@ -150,6 +158,14 @@ class PipelineConfig:
 
     def replace(self, **changes: Any) -> PipelineConfig:
         return dataclasses.replace(self, **changes)
+
+
+def list_spans(data_root: str | Path) -> list[int]:
+    """Span numbers of the `span-<N>/` directories under a local data root, ascending."""
+    root = Path(data_root)
+    if not root.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := SPAN_DIR_RE.match(p.name)))
 
 
 def features_from_component_config(custom_config: Mapping[str, Any]) -> tuple[str, tuple[FeatureConfig, ...]]:
@@ -336,10 +352,14 @@ def parse_config(
         if not _NAME_RE.match(name):
             raise ConfigError("name", f"'{name}' must be lower-case letters, digits and '-' (KFP-safe)")
         base = Path(base_dir)
-        _check_keys(raw["data"], {"root"}, {"root"}, "data.")
+        _check_keys(raw["data"], {"root", "window"}, {"root"}, "data.")
         root = Path(data_root) if data_root is not None else base / _typed(raw["data"]["root"], str, "data.root")
         if not root.exists():
             raise ConfigError("data.root", f"data directory {root} does not exist")
+        spans = list_spans(root)
+        window = _positive(raw["data"].get("window", 1), "data.window")
+        if window > 1 and not spans:
+            raise ConfigError("data.window", f"a window of {window} spans needs span-<N>/ directories under {root}")
         schema_path = base / _typed(raw["schema"], str, "schema")
         if not schema_path.is_file():
             raise ConfigError("schema", f"curated schema {schema_path} does not exist")
@@ -347,7 +367,8 @@ def parse_config(
         features = _parse_features(raw["features"])
         if label in {f.name for f in features}:
             raise ConfigError("label", f"'{label}' is also listed as a feature")
-        _check_keys(raw["serving"], {"model_name"}, {"model_name"}, "serving.")
+        _check_keys(raw["serving"], {"model_name", "keep_versions"}, {"model_name"}, "serving.")
+        keep_versions = _positive(raw["serving"].get("keep_versions", 5), "serving.keep_versions")
         model_name = _typed(raw["serving"]["model_name"], str, "serving.model_name")
         if not _MODEL_NAME_RE.match(model_name) or ".." in model_name:
             raise ConfigError(
@@ -370,6 +391,9 @@ def parse_config(
             features=features,
             model_name=model_name,
             output=output,
+            keep_versions=keep_versions,
+            span_pattern=SPAN_PATTERN if spans else None,
+            window=window,
             model=_parse_model(raw.get("model", {}) or {}),
             training=_parse_training(raw.get("training", {}) or {}),
             evaluation=evaluation,
@@ -385,8 +409,15 @@ def load_config(
     path: str | Path,
     output_dir: str | Path = "output",
     data_root: Optional[str | Path] = None,
+    span: Optional[int] = None,
 ) -> PipelineConfig:
     """Reads and validates a dataset config file; relative paths in it are relative to its folder.
+
+    Args:
+      path: the YAML file.
+      output_dir: where the run writes.
+      data_root: overrides `data.root`.
+      span: the span to run on (default: the newest); needs span-<N>/ directories.
 
     Raises:
       ConfigError: the file is missing, is not YAML, or holds a bad value (the key is named).
@@ -400,4 +431,11 @@ def load_config(
         raise ConfigError("<file>", f"{path} is not valid YAML: {err}") from None
     if raw is None:
         raise ConfigError("<file>", f"{path} is empty")
-    return parse_config(raw, path.parent, OutputConfig.under(output_dir), data_root, source=str(path))
+    config = parse_config(raw, path.parent, OutputConfig.under(output_dir), data_root, source=str(path))
+    if span is not None:
+        available = list_spans(config.data_root)
+        if span not in available:
+            have = ", ".join(map(str, available)) or "none: the data root has no span-<N>/ directories"
+            raise ConfigError("--span", f"span {span} not found under {config.data_root} (spans: {have})")
+        config = config.replace(span=span)
+    return config

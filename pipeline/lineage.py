@@ -91,3 +91,44 @@ def custom_property(artifact: metadata_store_pb2.Artifact, name: str):
     value = artifact.custom_properties[name]
     kind = value.WhichOneof("value")
     return getattr(value, kind) if kind else None
+
+
+def int_property(artifact: metadata_store_pb2.Artifact, name: str) -> Optional[int]:
+    if name in artifact.properties:
+        return artifact.properties[name].int_value
+    value = custom_property(artifact, name)
+    return int(value) if value is not None else None
+
+
+def model_origin(
+    store: metadata_store.MetadataStore, model_id: int, pipeline_name: str
+) -> tuple[Optional[str], Optional[int]]:
+    """The serving version a Model artifact was pushed as, and the span it was trained on.
+
+    Returns:
+      (version or None when it was never pushed, span or None when unknown).
+    """
+    version, span = None, None
+    events = store.get_events_by_artifact_ids([model_id])
+    for ev in events:
+        execution_id = ev.execution_id
+        if ev.type == metadata_store_pb2.Event.INPUT and _node_id(store, execution_id, pipeline_name).endswith(
+            "Pusher"
+        ):
+            out = [
+                e
+                for e in store.get_events_by_execution_ids([execution_id])
+                if e.type == metadata_store_pb2.Event.OUTPUT
+            ]
+            for pushed in store.get_artifacts_by_id([e.artifact_id for e in out]):
+                if custom_property(pushed, "pushed"):
+                    version = custom_property(pushed, "pushed_version")
+        elif ev.type == metadata_store_pb2.Event.OUTPUT:
+            inputs = [
+                e
+                for e in store.get_events_by_execution_ids([execution_id])
+                if e.type == metadata_store_pb2.Event.INPUT and e.path.steps and e.path.steps[0].key == "examples"
+            ]
+            for examples in store.get_artifacts_by_id([e.artifact_id for e in inputs]):
+                span = int_property(examples, "span")
+    return version, span

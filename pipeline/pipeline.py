@@ -63,6 +63,23 @@ def eval_config(label: str, evaluation: EvaluationConfig) -> tfma.EvalConfig:
     )
 
 
+def _example_gen(config: PipelineConfig) -> tfx.components.CsvExampleGen:
+    """CsvExampleGen over the whole data root, or over one span-<N>/ directory: the newest by
+    default, or `config.span`. The span is recorded on the Examples artifact."""
+    if not config.span_pattern:
+        return tfx.components.CsvExampleGen(input_base=config.data_root)
+    range_config = None
+    if config.span is not None:
+        range_config = tfx.proto.RangeConfig(
+            static_range=tfx.proto.StaticRange(start_span_number=config.span, end_span_number=config.span)
+        )
+    return tfx.components.CsvExampleGen(
+        input_base=config.data_root,
+        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name="single_split", pattern=config.span_pattern)]),
+        range_config=range_config,
+    )
+
+
 def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     """Builds the Conveyor pipeline from a validated config; pure, reads nothing from the environment.
 
@@ -72,7 +89,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     Returns:
       The TFX pipeline: ExampleGen through a push of blessed models only.
     """
-    example_gen = tfx.components.CsvExampleGen(input_base=config.data_root)
+    example_gen = _example_gen(config)
     # Runs before this run's StatisticsGen, so it resolves the previous run's statistics (drift).
     previous_statistics_resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
@@ -126,7 +143,10 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     pusher = SafePusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
+        examples=example_gen.outputs["examples"],
+        schema=import_schema_gen.outputs["schema"],
         serving_model_dir=config.serving_model_dir,
+        keep_versions=config.keep_versions,
     )
     metadata = None
     if config.output.metadata_path:

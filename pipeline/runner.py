@@ -178,5 +178,5 @@ def run_local(config: PipelineConfig, progress_out: TextIO, log_dir: Optional[Pa
             raise ComponentFailed(progress.current or "pipeline", err, log_path) from err
         store = open_store(config.output.metadata_path)
         run = pipeline_runs(store, config.name)[-1]
-        summary = summarize(run.name, run_executions(store, run, config.name))
+        summary = summarize(run.name, run_executions(store, run, config.name), store, config.name)
     return RunResult(summary, log_path)

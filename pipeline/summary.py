@@ -11,7 +11,7 @@ import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
 
 from components.data_gate.anomalies import by_split, read_artifact
-from pipeline.lineage import NodeExecution, custom_property
+from pipeline.lineage import NodeExecution, custom_property, int_property, model_origin
 
 TRAINING_RECORD = os.path.join("assets.extra", "conveyor_training.json")
 
@@ -37,11 +37,14 @@ class RunSummary:
     pushed_to: Optional[str] = None
     not_pushed_reason: Optional[str] = None
     training: str = ""
+    span: Optional[int] = None
     cached: list[str] = field(default_factory=list)
     executed: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = [f"Run {self.run_id}"]
+        if self.span is not None:
+            out.append(f"  span: {self.span}")
         if self.rows:
             out.append("  rows: " + ", ".join(f"{split} {n:,}" for split, n in sorted(self.rows.items())))
         if self.anomalies:
@@ -130,19 +133,37 @@ def _bound_text(threshold) -> str:
     return " and ".join(parts) or "its threshold"
 
 
-def _training(trainer: NodeExecution) -> str:
+def _training(trainer: NodeExecution, store, pipeline_name: str) -> str:
+    """ "warm-started from version V (span N): L of M layers", "cold start: <reason>", or a reuse."""
     model = trainer.output("model")
     path = os.path.join(model.uri, "Format-Serving", TRAINING_RECORD)
     if not os.path.exists(path):
         return ""
     with open(path) as f:
         record = json.load(f)
-    return record.get("warm_start", {}).get("summary", "")
+    base = (trainer.inputs.get("base_model") or [None])[0]
+    origin = "the latest blessed model"
+    if base is not None and store is not None:
+        version, span = model_origin(store, base.id, pipeline_name)
+        origin = f"version {version or '(not pushed)'} (span {span if span is not None else '?'})"
+    if record.get("reused_from"):
+        return f"inputs unchanged since {origin}: reused it without training"
+    start = record.get("warm_start", {})
+    loaded, fresh = start.get("loaded_layers", []), start.get("fresh_layers", [])
+    if not loaded:
+        return start.get("summary", "")
+    text = f"warm-started from {origin}: {len(loaded)} of {len(loaded) + len(fresh)} layers"
+    if fresh:
+        text += "; fresh: " + "; ".join(f"{f['layer']} ({f['reason']})" for f in fresh)
+    return text
 
 
-def summarize(run_id: str, executions: dict[str, NodeExecution]) -> RunSummary:
+def summarize(run_id: str, executions: dict[str, NodeExecution], store=None, pipeline_name: str = "") -> RunSummary:
     """Builds the summary of one run from its executions (see pipeline.lineage.run_executions)."""
     summary = RunSummary(run_id)
+    example_gen = executions.get("CsvExampleGen")
+    if example_gen is not None and example_gen.output("examples") is not None:
+        summary.span = int_property(example_gen.output("examples"), "span") if example_gen.outputs else None
     for node_id, node in executions.items():
         (summary.cached if node.state == "cached" else summary.executed).append(node_id)
     done = {k: v for k, v in executions.items() if v.state in ("complete", "cached")}
@@ -151,7 +172,7 @@ def summarize(run_id: str, executions: dict[str, NodeExecution]) -> RunSummary:
     if "ExampleValidator" in done:
         summary.anomalies = _anomalies(done["ExampleValidator"])
     if "Trainer" in done:
-        summary.training = _training(done["Trainer"])
+        summary.training = _training(done["Trainer"], store, pipeline_name)
     if "Evaluator" in done:
         summary.metrics, summary.has_baseline, summary.failures = _metrics(done["Evaluator"])
         blessing = done["Evaluator"].output("blessing")

@@ -12,18 +12,24 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+from components.pusher.publish import list_versions  # noqa: E402
+from pipeline.config import EvaluationConfig, ThresholdConfig, TrainingConfig, load_config  # noqa: E402
+from pipeline.runner import run_local  # noqa: E402
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TAXI_CONFIG = PROJECT_ROOT / "configs" / "taxi.yaml"
-TAXI_CSV = PROJECT_ROOT / "data" / "taxi" / "data.csv"
+TAXI_CSVS = sorted((PROJECT_ROOT / "data" / "taxi").glob("span-*/data.csv"))
 
 
 def sample_taxi_rows(n: int, seed: int = 7) -> tuple[list[str], list[list[str]]]:
     """A deterministic sample of `n` rows of the bundled taxi data in which every column has a value
     somewhere, so the sample honours the curated schema (a column with no value at all is an anomaly)."""
-    with open(TAXI_CSV, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        rows = list(reader)
+    rows: list[list[str]] = []
+    for path in TAXI_CSVS:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader)
+            rows.extend(reader)
     sample = random.Random(seed).sample(rows, n)
     for col in range(len(header)):
         if not any(r[col] for r in sample):
@@ -46,3 +52,30 @@ def small_taxi_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("taxi_small")
     write_csv(root / "data.csv", header, rows)
     return root
+
+
+@pytest.fixture(scope="session")
+def e2e_config(small_taxi_dir, tmp_path_factory):
+    """The taxi config on 400 rows, with a small step budget and thresholds a tiny model can meet."""
+    config = load_config(TAXI_CONFIG, output_dir=tmp_path_factory.mktemp("e2e"), data_root=small_taxi_dir)
+    evaluation = EvaluationConfig(
+        metrics=config.evaluation.metrics,
+        thresholds=(
+            ThresholdConfig("AUC", lower_bound=0.3, max_change=0.5),
+            ThresholdConfig("BinaryAccuracy", lower_bound=0.3),
+        ),
+        slices=config.evaluation.slices,
+    )
+    return config.replace(training=TrainingConfig(train_steps=40, eval_steps=5), evaluation=evaluation)
+
+
+@pytest.fixture(scope="session")
+def two_runs(e2e_config, tmp_path_factory):
+    """Two real pipeline runs on the same data: the first pushes a model, the second is cached.
+
+    Returns (first RunResult, versions after the first run, second RunResult)."""
+    log_dir = tmp_path_factory.mktemp("logs")
+    first = run_local(e2e_config, io.StringIO(), log_dir)
+    versions_after_first = list_versions(e2e_config.serving_model_dir)
+    second = run_local(e2e_config, io.StringIO(), log_dir)
+    return first, versions_after_first, second

@@ -1,13 +1,23 @@
-"""SafePusher: pushes a blessed model into the TF Serving layout, atomically and at most once."""
+"""SafePusher: pushes a blessed model into the TF Serving layout, checked, atomically and at most once."""
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from tfx import v1 as tfx
-from tfx.types.standard_artifacts import Model, ModelBlessing, PushedModel
+from tfx.types.standard_artifacts import Examples, Model, ModelBlessing, PushedModel, Schema
 from tfx.utils import path_utils
 
-from components.pusher.publish import list_versions, publish, training_fingerprint
+from components.pusher.publish import (
+    SCHEMA_FILE,
+    apply_retention,
+    list_versions,
+    publish,
+    training_fingerprint,
+    write_models_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -15,16 +25,50 @@ PUSHED = "pushed"
 PUSHED_DESTINATION = "pushed_destination"
 PUSHED_VERSION = "pushed_version"
 NOT_PUSHED_REASON = "not_pushed_reason"
+SMOKE_TIMEOUT_SECONDS = 600
+
+
+class PrePushCheckError(RuntimeError):
+    """A blessed model failed to load or to score raw examples in a fresh process; nothing was pushed."""
+
+
+def pre_push_check(saved_model: str, examples: Examples, split: str = "eval") -> str:
+    """Runs components.pusher.smoke in a fresh Python process on a few raw examples of `split`.
+
+    Raises:
+      PrePushCheckError: with the check's own one-line reason.
+    """
+    pattern = os.path.join(examples.uri, f"Split-{split}", "*")
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "components.pusher.smoke", saved_model, pattern],
+            capture_output=True,
+            text=True,
+            timeout=SMOKE_TIMEOUT_SECONDS,
+            env=env,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise PrePushCheckError(f"pre-push check: loading and scoring took over {SMOKE_TIMEOUT_SECONDS}s") from None
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["the check process crashed"])[-1]
+        raise PrePushCheckError(f"pre-push check failed, model not pushed: {reason}")
+    return result.stdout.strip()
 
 
 @tfx.dsl.components.component
 def SafePusher(
     model: tfx.dsl.components.InputArtifact[Model],
     model_blessing: tfx.dsl.components.InputArtifact[ModelBlessing],
+    examples: tfx.dsl.components.InputArtifact[Examples],
+    schema: tfx.dsl.components.InputArtifact[Schema],
     pushed_model: tfx.dsl.components.OutputArtifact[PushedModel],
     serving_model_dir: tfx.dsl.components.Parameter[str],
+    keep_versions: tfx.dsl.components.Parameter[int] = 5,
 ) -> None:
-    """Publishes the model to `serving_model_dir/<version>` when it is blessed and not already served.
+    """Publishes the model to `serving_model_dir/<version>` when it is blessed, passes the pre-push
+    check and is not already served; then keeps the newest `keep_versions` versions.
 
     Records on the PushedModel artifact the same properties as TFX's Pusher (pushed,
     pushed_destination, pushed_version) and, when nothing was pushed, why.
@@ -38,12 +82,18 @@ def SafePusher(
     if versions and fingerprint and training_fingerprint(Path(serving_model_dir) / str(versions[-1])) == fingerprint:
         _not_pushed(pushed_model, f"version {versions[-1]} already serves a model trained from the same inputs")
         return
-    version = publish(saved_model, serving_model_dir)
+    log.info("%s", pre_push_check(saved_model, examples))
+    version = publish(saved_model, serving_model_dir, extra_files={SCHEMA_FILE: os.path.join(schema.uri, SCHEMA_FILE)})
     destination = str(Path(serving_model_dir) / str(version))
     pushed_model.set_int_custom_property(PUSHED, 1)
     pushed_model.set_string_custom_property(PUSHED_DESTINATION, destination)
     pushed_model.set_string_custom_property(PUSHED_VERSION, str(version))
     log.info("Model pushed to %s", destination)
+    # The model that was serving stays loadable as `stable`; the new one is `canary`.
+    write_models_config(serving_model_dir, stable=versions[-1] if versions else version, canary=version)
+    removed = apply_retention(serving_model_dir, keep_versions)
+    if removed:
+        log.info("Retention: removed versions %s (keeping the newest %d)", removed, keep_versions)
 
 
 def _not_pushed(pushed_model: PushedModel, reason: str) -> None:

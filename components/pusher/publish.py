@@ -7,10 +7,14 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Optional
 
 TRAINING_RECORD = Path("assets.extra") / "conveyor_training.json"
+# The curated schema the model was trained under, so clients and `conveyor serve` can build
+# tf.Examples from plain JSON values without the repository.
+SCHEMA_FILE = "schema.pbtxt"
 STAGING_PREFIX = ".staging-"
 
 
@@ -30,7 +34,12 @@ def training_fingerprint(saved_model_dir: str | Path) -> Optional[str]:
     return json.loads(record.read_text()).get("fingerprint")
 
 
-def publish(saved_model_dir: str | Path, model_dir: str | Path, now: Optional[float] = None) -> int:
+def publish(
+    saved_model_dir: str | Path,
+    model_dir: str | Path,
+    now: Optional[float] = None,
+    extra_files: Optional[Mapping[str, str | Path]] = None,
+) -> int:
     """Copies a SavedModel into `model_dir/<version>` so that no reader ever sees it half-written.
 
     The copy is made under a staging name in the same directory (same filesystem) and renamed into
@@ -42,6 +51,8 @@ def publish(saved_model_dir: str | Path, model_dir: str | Path, now: Optional[fl
       saved_model_dir: the SavedModel to publish.
       model_dir: `<serving root>/<model name>`.
       now: the clock, for tests.
+      extra_files: files to add under the version's `assets.extra/` (which TF Serving ignores),
+        by name; they are in place before the version appears.
 
     Returns:
       The published version.
@@ -58,6 +69,9 @@ def publish(saved_model_dir: str | Path, model_dir: str | Path, now: Optional[fl
     staging = target_root / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
     try:
         shutil.copytree(source, staging)
+        for name, path in (extra_files or {}).items():
+            (staging / "assets.extra").mkdir(exist_ok=True)
+            shutil.copyfile(path, staging / "assets.extra" / name)
         version = max(int(now if now is not None else time.time()), max(list_versions(target_root), default=0) + 1)
         while True:
             try:
@@ -70,3 +84,77 @@ def publish(saved_model_dir: str | Path, model_dir: str | Path, now: Optional[fl
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Retention and the TF Serving model config
+
+MODELS_CONFIG = "models.config"
+
+
+def _read_models_config(serving_root: Path):
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    path = serving_root / MODELS_CONFIG
+    if path.is_file():
+        text_format.Parse(path.read_text(encoding="utf-8"), config)
+    return config
+
+
+def pinned_versions(model_dir: str | Path) -> set[int]:
+    """Versions that `models.config` (beside the model directories) names by label or pins."""
+    model_dir = Path(model_dir)
+    pinned: set[int] = set()
+    for entry in _read_models_config(model_dir.parent).model_config_list.config:
+        if entry.name == model_dir.name:
+            pinned.update(int(v) for v in entry.version_labels.values())
+            pinned.update(int(v) for v in entry.model_version_policy.specific.versions)
+    return pinned
+
+
+def apply_retention(model_dir: str | Path, keep: int) -> list[int]:
+    """Deletes all but the newest `keep` versions; never the served (highest) or a pinned one.
+
+    Returns:
+      The versions removed.
+    """
+    versions = list_versions(model_dir)
+    protected = set(versions[-max(keep, 1) :]) | pinned_versions(model_dir)
+    removed = [v for v in versions if v not in protected]
+    for version in removed:
+        # Rename first so TF Serving never sees a half-deleted version directory.
+        doomed = Path(model_dir) / f"{STAGING_PREFIX}deleting-{version}"
+        os.rename(Path(model_dir) / str(version), doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    return removed
+
+
+def write_models_config(model_dir: str | Path, stable: int, canary: Optional[int] = None) -> Path:
+    """Writes `<serving root>/models.config` for this model: the two labelled versions loaded, with
+    labels `stable` and `canary` (canary defaults to stable). Other models' entries are kept.
+
+    TF Serving: `tensorflow_model_server --model_config_file=<serving root>/models.config
+    --allow_version_labels_for_unavailable_models`.
+    """
+    from google.protobuf import text_format
+
+    model_dir = Path(model_dir).absolute()
+    config = _read_models_config(model_dir.parent)
+    entries = config.model_config_list.config
+    entry = next((e for e in entries if e.name == model_dir.name), None) or entries.add()
+    entry.Clear()
+    entry.name = model_dir.name
+    entry.base_path = str(model_dir)
+    entry.model_platform = "tensorflow"
+    canary = canary if canary is not None else stable
+    entry.model_version_policy.specific.versions.extend(sorted({stable, canary}))
+    entry.version_labels["stable"] = stable
+    entry.version_labels["canary"] = canary
+    path = model_dir.parent / MODELS_CONFIG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f"{STAGING_PREFIX}{MODELS_CONFIG}")
+    staging.write_text(text_format.MessageToString(config), encoding="utf-8")
+    os.replace(staging, path)
+    return path

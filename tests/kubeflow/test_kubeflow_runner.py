@@ -108,6 +108,26 @@ def test_warm_start_resolver_feeds_trainer_and_evaluator(compiled):
     assert baseline.startswith(RESOLVER)
 
 
+def test_data_gate_runs_before_transform_and_reads_the_validator(compiled):
+    _, _, _, spec = compiled
+    tasks = spec["root"]["dag"]["tasks"]
+    assert "DataGate" in tasks
+    assert "DataGate" in tasks["Transform"]["dependentTasks"]
+    gate_inputs = tasks["DataGate"]["inputs"]["artifacts"]
+    assert gate_inputs["anomalies"]["taskOutputArtifact"]["producerTask"] == "ExampleValidator"
+    assert gate_inputs["previous_statistics"]["taskOutputArtifact"]["producerTask"].startswith(
+        "previous_statistics_resolver"
+    )
+    gate = spec["deploymentSpec"]["executors"]["DataGate_executor"]["container"]["args"]
+    assert gate[gate.index("--executor_class_path") + 1] == "components.data_gate.component.DataGate_Executor"
+
+
+def test_example_gen_reads_the_newest_span(compiled):
+    _, _, _, spec = compiled
+    params = spec["root"]["dag"]["tasks"]["CsvExampleGen"]["inputs"]["parameters"]
+    assert "span-{SPAN}/*.csv" in params["input_config"]["runtimeValue"]["constantValue"]["stringValue"]
+
+
 def test_cluster_beam_args_reach_every_beam_component_unchanged(compiled):
     _, config, _, spec = compiled
     assert config.beam_args == BEAM_ARGS

@@ -39,3 +39,43 @@ def test_refuses_a_directory_that_is_not_a_saved_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="no saved_model.pb"):
         publish(tmp_path / "empty", tmp_path / "serving")
     assert list_versions(tmp_path / "serving") == []
+
+
+def test_retention_keeps_the_newest_and_the_pinned(tmp_path):
+    from components.pusher.publish import apply_retention, pinned_versions, write_models_config
+
+    serving = tmp_path / "serving" / "taxi"
+    versions = [publish(_model(tmp_path / f"m{i}", str(i)), serving, now=10) for i in range(6)]
+    assert versions == [10, 11, 12, 13, 14, 15]
+    write_models_config(serving, stable=11, canary=15)
+    assert pinned_versions(serving) == {11, 15}
+    removed = apply_retention(serving, keep=2)
+    assert removed == [10, 12, 13]
+    assert list_versions(serving) == [11, 14, 15]
+    assert (serving / "11" / "saved_model.pb").read_text() == "1"
+    assert [p.name for p in serving.iterdir() if not p.name.isdigit()] == []
+
+
+def test_models_config_is_a_tf_serving_model_server_config(tmp_path):
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from components.pusher.publish import write_models_config
+
+    serving = tmp_path / "serving"
+    write_models_config(serving / "other", stable=1)
+    path = write_models_config(serving / "taxi", stable=100, canary=101)
+    config = text_format.Parse(path.read_text(), model_server_config_pb2.ModelServerConfig())
+    entries = {e.name: e for e in config.model_config_list.config}
+    assert set(entries) == {"other", "taxi"}
+    taxi = entries["taxi"]
+    assert taxi.base_path == str(serving / "taxi")
+    assert dict(taxi.version_labels) == {"stable": 100, "canary": 101}
+    assert list(taxi.model_version_policy.specific.versions) == [100, 101]
+
+
+def test_extra_files_are_in_place_before_the_version_appears(tmp_path):
+    schema = tmp_path / "schema.pbtxt"
+    schema.write_text("feature {}")
+    version = publish(_model(tmp_path / "m"), tmp_path / "taxi", now=5, extra_files={"schema.pbtxt": schema})
+    assert (tmp_path / "taxi" / str(version) / "assets.extra" / "schema.pbtxt").read_text() == "feature {}"
