@@ -21,6 +21,7 @@ setup(
         "ml-metadata==1.16.0",
         "kfp==2.5.0",
         "PyYAML==6.0.3",
+        "matplotlib==3.9.2",
     ],
     extras_require={"test": ["pytest==8.0.0", "ruff==0.17.6"]},
     entry_points={"console_scripts": ["conveyor=pipeline.cli:main"]},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from ml_metadata import metadata_store
@@ -35,10 +36,21 @@ class NodeExecution:
         return artifacts[0] if artifacts else None
 
 
-def open_store(metadata_path: str) -> metadata_store.MetadataStore:
+def open_store(metadata_path: str, readonly: bool = True) -> metadata_store.MetadataStore:
+    """ML Metadata in SQLite; read-only unless asked.
+
+    Raises:
+      FileNotFoundError: there is no metadata database yet (nothing has run).
+    """
+    if not Path(metadata_path).is_file():
+        raise FileNotFoundError(f"no ML Metadata at {metadata_path}: nothing has run with this output directory yet")
     config = metadata_store_pb2.ConnectionConfig()
     config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    config.sqlite.connection_mode = (
+        metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+        if readonly
+        else metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
+    )
     return metadata_store.MetadataStore(config)
 
 

@@ -168,6 +168,7 @@ def run_local(config: PipelineConfig, progress_out: TextIO, log_dir: Optional[Pa
 
         from pipeline.lineage import open_store, pipeline_runs, run_executions
         from pipeline.pipeline import create_pipeline
+        from pipeline.registry import record_provenance
         from pipeline.summary import summarize
 
         pipeline = create_pipeline(config)
@@ -175,7 +176,10 @@ def run_local(config: PipelineConfig, progress_out: TextIO, log_dir: Optional[Pa
             tfx.orchestration.LocalDagRunner().run(pipeline)
         except Exception as err:  # noqa: BLE001 - any component error ends the run; it is re-raised with context
             logging.exception("pipeline run failed")
-            raise ComponentFailed(progress.current or "pipeline", err, log_path) from err
+            failed = ComponentFailed(progress.current or "pipeline", err, log_path)
+            record_provenance(config.output.metadata_path, config.name, config.source or "", (failed.node_id, str(err)))
+            raise failed from err
+        record_provenance(config.output.metadata_path, config.name, config.source or "")
         store = open_store(config.output.metadata_path)
         run = pipeline_runs(store, config.name)[-1]
         summary = summarize(run.name, run_executions(store, run, config.name), store, config.name)

@@ -112,25 +112,31 @@ def _metrics(evaluator: NodeExecution) -> tuple[list[MetricLine], bool, list[str
     for per_slice in validation.metric_validations_per_slice:
         where = tfma.slicer.stringify_slice_key(tfma.slicer.deserialize_slice_key(per_slice.slice_key)) or "Overall"
         for failure in per_slice.failures:
-            bound = failure.metric_threshold
-            failures.append(
-                f"{failure.metric_key.name} on {where}: value {failure.metric_value.double_value.value:.4f}"
-                f" fails {_bound_text(bound)}"
-            )
+            failures.append(_failure_text(failure, where, values.get(failure.metric_key.name, {})))
     return lines, has_baseline, failures
 
 
-def _bound_text(threshold) -> str:
-    parts = []
-    if threshold.HasField("value_threshold"):
-        vt = threshold.value_threshold
-        if vt.HasField("lower_bound"):
-            parts.append(f">= {vt.lower_bound.value}")
-        if vt.HasField("upper_bound"):
-            parts.append(f"<= {vt.upper_bound.value}")
-    if threshold.HasField("change_threshold"):
-        parts.append(f"change vs baseline beyond {threshold.change_threshold.absolute.value}")
-    return " and ".join(parts) or "its threshold"
+def _failure_text(failure, where: str, values: dict[str, float]) -> str:
+    """One failed threshold in words: candidate value, baseline value and the bound it missed."""
+    name, threshold = failure.metric_key.name, failure.metric_threshold
+    observed = failure.metric_value.double_value.value
+    cand, base = values.get("candidate"), values.get("baseline")
+    both = f"candidate {cand:.4f}" if cand is not None else f"candidate {observed:.4f}"
+    if base is not None:
+        both += f", baseline {base:.4f}"
+    if failure.metric_key.is_diff:
+        change = threshold.change_threshold
+        higher = change.direction == tfma.MetricDirection.HIGHER_IS_BETTER
+        limit = abs(change.absolute.value)
+        allowed = f"may drop at most {limit:g}" if higher else f"may rise at most {limit:g}"
+        return f"{name} on {where}: {both}; change {observed:+.4f} vs baseline, bound: {allowed}"
+    bounds = []
+    vt = threshold.value_threshold
+    if vt.HasField("lower_bound"):
+        bounds.append(f">= {vt.lower_bound.value:g}")
+    if vt.HasField("upper_bound"):
+        bounds.append(f"<= {vt.upper_bound.value:g}")
+    return f"{name} on {where}: {both}; bound: {' and '.join(bounds) or 'its threshold'}"
 
 
 def _training(trainer: NodeExecution, store, pipeline_name: str) -> str:

@@ -73,9 +73,9 @@ def e2e_config(small_taxi_dir, tmp_path_factory):
 def two_runs(e2e_config, tmp_path_factory):
     """Two real pipeline runs on the same data: the first pushes a model, the second is cached.
 
-    Returns (first RunResult, versions after the first run, second RunResult)."""
+    Returns (first RunResult, versions after the first run, second RunResult, versions after it)."""
     log_dir = tmp_path_factory.mktemp("logs")
     first = run_local(e2e_config, io.StringIO(), log_dir)
     versions_after_first = list_versions(e2e_config.serving_model_dir)
     second = run_local(e2e_config, io.StringIO(), log_dir)
-    return first, versions_after_first, second
+    return first, versions_after_first, second, list_versions(e2e_config.serving_model_dir)

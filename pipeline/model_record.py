@@ -1,0 +1,182 @@
+"""The full record of one pushed version, in words: who, when, which code, data, schema, metrics, thresholds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Optional
+
+from pipeline.lineage import NodeExecution, custom_property, int_property
+from pipeline.registry import VersionRecord
+
+TRAINING_RECORD = os.path.join("assets.extra", "conveyor_training.json")
+
+
+def _exec_property(node: NodeExecution, name: str) -> Optional[str]:
+    for props in (node.execution.properties, node.execution.custom_properties):
+        if name in props:
+            value = props[name]
+            kind = value.WhichOneof("value")
+            return getattr(value, kind) if kind else None
+    return None
+
+
+def _ms(ms: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if ms else "?"
+
+
+def metrics_by_slice(evaluation_uri: str) -> dict[str, dict[str, dict[str, float]]]:
+    """slice -> metric -> {"candidate": v, "baseline": v, "diff": v}."""
+    import tensorflow_model_analysis as tfma
+
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for per_slice in tfma.load_metrics(evaluation_uri):
+        where = tfma.slicer.stringify_slice_key(tfma.slicer.deserialize_slice_key(per_slice.slice_key)) or "Overall"
+        for kv in per_slice.metric_keys_and_values:
+            if not kv.value.HasField("double_value"):
+                continue
+            role = "diff" if kv.key.is_diff else ("baseline" if kv.key.model_name == "baseline" else "candidate")
+            out.setdefault(where, {}).setdefault(kv.key.name, {})[role] = kv.value.double_value.value
+    return out
+
+
+def thresholds(evaluator: NodeExecution) -> list[dict[str, Any]]:
+    """Every configured threshold with its bound and whether the candidate passed it."""
+    import tensorflow_model_analysis as tfma
+
+    config = json.loads(_exec_property(evaluator, "eval_config") or "{}")
+    failures = set()
+    validation = tfma.load_validation_result(evaluator.output("evaluation").uri)
+    for per_slice in validation.metric_validations_per_slice:
+        for failure in per_slice.failures:
+            failures.add((failure.metric_key.name, failure.metric_key.is_diff))
+    found = []
+    for spec in config.get("metrics_specs", config.get("metricsSpecs", [])):
+        for metric in spec.get("metrics", []):
+            name = _snake(metric.get("class_name", metric.get("className", "")))
+            for per_slice in metric.get("per_slice_thresholds", metric.get("perSliceThresholds", [])):
+                threshold = per_slice.get("threshold", {})
+                value = threshold.get("value_threshold", threshold.get("valueThreshold"))
+                change = threshold.get("change_threshold", threshold.get("changeThreshold"))
+                if value:
+                    lo = value.get("lower_bound", value.get("lowerBound"))
+                    hi = value.get("upper_bound", value.get("upperBound"))
+                    bound = " and ".join(
+                        b for b in (f">= {lo}" if lo is not None else "", f"<= {hi}" if hi is not None else "") if b
+                    )
+                    found.append(
+                        {"metric": name, "kind": "value", "bound": bound, "passed": (name, False) not in failures}
+                    )
+                if change:
+                    absolute = change.get("absolute", 0)
+                    found.append(
+                        {
+                            "metric": name,
+                            "kind": "change vs baseline",
+                            "bound": f"candidate - baseline >= {absolute}",
+                            "passed": (name, True) not in failures,
+                        }
+                    )
+    return found
+
+
+def _snake(name: str) -> str:
+    out = ""
+    for i, ch in enumerate(name):
+        if ch.isupper() and i and not name[i - 1].isupper():
+            out += "_"
+        out += ch.lower()
+    return out
+
+
+def training_record(trainer: NodeExecution) -> dict:
+    path = os.path.join(trainer.output("model").uri, "Format-Serving", TRAINING_RECORD)
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def describe(record: VersionRecord, config) -> list[str]:
+    """The lines `conveyor models show VERSION` prints."""
+    s, ex = record.summary, record.executions
+    out = [
+        f"version {record.version} of model '{config.model_name}'",
+        f"  pushed at: {record.pushed_at} to {record.destination}",
+    ]
+    if record.rollback_of:
+        out.append(f"  rollback of version {record.rollback_of}")
+    out.append(f"  run: {record.run_id}")
+    for key in ("user", "git_commit", "git_dirty", "config"):
+        if key in record.provenance:
+            label = {"git_dirty": "uncommitted changes"}.get(key, key.replace("_", " "))
+            out.append(f"  {label}: {record.provenance[key]}")
+    if ex:
+        out.append("  components (UTC start - end, state):")
+        for node_id, node in ex.items():
+            start, end = _ms(node.execution.create_time_since_epoch), _ms(node.execution.last_update_time_since_epoch)
+            out.append(f"    {node_id:<32} {start} - {end}  {node.state}")
+    trainer = ex.get("Trainer")
+    if trainer is not None:
+        custom = json.loads(_exec_property(trainer, "custom_config") or "{}")
+        out.append("  config:")
+        out.append(f"    label: {custom.get('label')}")
+        for f in custom.get("features", []):
+            extra = {k: v for k, v in f.items() if k not in ("name", "kind")}
+            out.append(f"    feature {f['name']}: {f['kind']} {json.dumps(extra)}")
+        out.append(f"    model: {json.dumps(custom.get('model', {}))}")
+        train_args = json.loads(_exec_property(trainer, "train_args") or "{}")
+        eval_args = json.loads(_exec_property(trainer, "eval_args") or "{}")
+        out.append(f"    train steps: {train_args.get('num_steps')}, eval steps: {eval_args.get('num_steps')}")
+        out.append("  data:")
+        for artifact in trainer.inputs.get("examples", []):
+            out.append(
+                f"    training examples: {artifact.uri} (span {int_property(artifact, 'span')}, "
+                f"version {int_property(artifact, 'version')})"
+            )
+    gen = ex.get("CsvExampleGen")
+    if gen is not None and gen.output("examples") is not None:
+        examples = gen.output("examples")
+        span, version = int_property(examples, "span"), int_property(examples, "version")
+        out.append(f"    raw examples: {examples.uri} (span {span}, version {version})")
+    if s is not None and s.rows:
+        out.append("    rows: " + ", ".join(f"{k} {v:,}" for k, v in sorted(s.rows.items())))
+    schema_gen = ex.get("ImportSchemaGen")
+    if schema_gen is not None:
+        path = _exec_property(schema_gen, "schema_file")
+        artifact = schema_gen.output("schema")
+        digest = _sha256(os.path.join(artifact.uri, "schema.pbtxt")) if artifact is not None else "?"
+        out.append(f"  schema: {path} (sha256 of the imported schema {digest})")
+    if trainer is not None:
+        tr = training_record(trainer)
+        out.append(f"  training: {s.training if s else ''}")
+        losses = tr.get("history", {}).get("loss", [])
+        if losses:
+            out.append("    loss per epoch: " + ", ".join(f"{v:.4f}" for v in losses))
+    evaluator = ex.get("Evaluator")
+    if evaluator is not None:
+        baseline = evaluator.inputs.get("baseline_model") or []
+        out.append(f"  baseline: {baseline[0].uri if baseline else 'none (first model: absolute thresholds only)'}")
+        out.append("  metrics (candidate / baseline):")
+        for where, metrics in metrics_by_slice(evaluator.output("evaluation").uri).items():
+            shown = ", ".join(
+                f"{name} {v['candidate']:.4f}" + (f" / {v['baseline']:.4f}" if "baseline" in v else "")
+                for name, v in sorted(metrics.items())
+                if "candidate" in v
+            )
+            out.append(f"    {where}: {shown}")
+        out.append("  thresholds (overall slice):")
+        for t in thresholds(evaluator):
+            out.append(f"    {t['metric']} {t['kind']}: {t['bound']}: {'pass' if t['passed'] else 'FAIL'}")
+        blessing = evaluator.output("blessing")
+        out.append(f"  blessed: {'yes' if custom_property(blessing, 'blessed') else 'no'}")
+    out.append(f"  push destination: {record.destination}")
+    return out

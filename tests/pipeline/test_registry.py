@@ -1,0 +1,52 @@
+"""`conveyor models list/show` and `conveyor runs list` over a real run's ML Metadata (read-only)."""
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def cli_args(e2e_config, two_runs):
+    """The registry commands need the pipeline and model names (from the config) and the output dir."""
+    return ["--config", e2e_config.source, "--output-dir", str(Path(e2e_config.output.metadata_path).parent)]
+
+
+def test_models_list_shows_the_pushed_version_as_served(cli_args, two_runs, capsys):
+    _, versions, _, _ = two_runs
+    assert main(["models", "list", *cli_args]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.strip().startswith(str(versions[0])))
+    assert "<- served" in row and "auc " in row and "400" not in row.split()[0]
+
+
+def test_models_show_holds_provenance_data_metrics_and_thresholds(cli_args, two_runs, capsys):
+    _, versions, _, _ = two_runs
+    assert main(["models", "show", str(versions[0]), *cli_args]) == 0
+    out = capsys.readouterr().out
+    assert "git commit: " in out and "uncommitted changes: " in out and "user: " in out
+    assert "feature company: categorical_string" in out
+    assert "training examples: " in out and "(span 0, version 0)" in out
+    assert "schema: " in out and "sha256" in out
+    assert "Overall: " in out and "auc " in out
+    assert "auc value: >= 0.3: pass" in out
+    assert "auc change vs baseline" in out
+    assert "loss per epoch: " in out
+    assert "cold start: no blessed model yet" in out
+    assert "push destination: " in out and str(versions[0]) in out
+
+
+def test_runs_list_shows_both_runs(cli_args, two_runs, capsys):
+    assert main(["runs", "list", *cli_args]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) >= 2
+    assert any("pushed version" in line for line in lines)
+    assert any("already serves a model trained from the same inputs" in line for line in lines)
+
+
+def test_unknown_version_is_an_error(cli_args, capsys):
+    assert main(["models", "show", "12345", *cli_args]) == 2
+    assert "was never pushed" in capsys.readouterr().err

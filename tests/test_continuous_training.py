@@ -1,0 +1,135 @@
+"""Continuous training end to end over two spans: warm start from the served model, replace it only when better."""
+
+import csv
+import io
+import random
+from pathlib import Path
+
+import pytest
+
+from components.pusher.publish import list_versions, publish
+from pipeline import registry
+from pipeline.cli import main
+from pipeline.config import EvaluationConfig, ModelConfig, ThresholdConfig, TrainingConfig, load_config
+from pipeline.lineage import open_store, pipeline_runs, run_executions
+from pipeline.runner import run_local
+from tests.conftest import PROJECT_ROOT, TAXI_CONFIG, write_csv
+
+pytestmark = pytest.mark.e2e
+
+
+def _span_sample(span: int, n: int, seed: int = 3):
+    """n trips of one bundled span, every column with a value somewhere (see sample_taxi_rows)."""
+    with open(PROJECT_ROOT / "data" / "taxi" / f"span-{span}" / "data.csv", newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        rows = list(reader)
+    sample = random.Random(seed).sample(rows, n)
+    for col in range(len(header)):
+        if not any(r[col] for r in sample):
+            sample[-1 - col] = next(r for r in rows if r[col])
+    return header, sample
+
+
+@pytest.fixture(scope="session")
+def span_runs(tmp_path_factory):
+    """Span 1, then span 2 (warm start, compared with span 1's model), then a worse candidate."""
+    root = tmp_path_factory.mktemp("spans")
+    for span in (1, 2):
+        write_csv(root / f"span-{span}" / "data.csv", *_span_sample(span, 300))
+    out = tmp_path_factory.mktemp("ct_out")
+    logs = tmp_path_factory.mktemp("ct_logs")
+    evaluation = EvaluationConfig(
+        metrics=("AUC", "BinaryAccuracy", "ExampleCount"),
+        thresholds=(ThresholdConfig("AUC", lower_bound=0.3, max_change=0.05),),
+        slices=(("payment_type",),),
+    )
+
+    def config(span=None, **changes):
+        base = load_config(TAXI_CONFIG, output_dir=out, data_root=root, span=span)
+        return base.replace(training=TrainingConfig(train_steps=80, eval_steps=5), evaluation=evaluation, **changes)
+
+    results = {"a": run_local(config(span=1), io.StringIO(), logs)}
+    results["versions_a"] = list_versions(config().serving_model_dir)
+    results["b"] = run_local(config(), io.StringIO(), logs)
+    results["versions_b"] = list_versions(config().serving_model_dir)
+    # Deliberately worse: one training step, and other layer sizes so no dense layer can warm-start.
+    worse = config(training=TrainingConfig(train_steps=1, eval_steps=5), model=ModelConfig(hidden_units=(7,)))
+    worse = worse.replace(
+        evaluation=EvaluationConfig(
+            metrics=evaluation.metrics, thresholds=(ThresholdConfig("AUC", lower_bound=0.3, max_change=0.0),)
+        )
+    )
+    results["c"] = run_local(worse, io.StringIO(), logs)
+    results["versions_c"] = list_versions(config().serving_model_dir)
+    results["config"] = config()
+    return results
+
+
+def test_first_span_is_pushed_on_absolute_thresholds_alone(span_runs):
+    a = span_runs["a"].summary
+    assert a.span == 1
+    assert a.training == "cold start: no blessed model yet"
+    assert a.blessed and not a.has_baseline
+    assert len(span_runs["versions_a"]) == 1
+    assert "on absolute thresholds alone (first model)" in "\n".join(a.lines())
+
+
+def test_second_span_warm_starts_from_the_served_model_and_is_compared_with_it(span_runs):
+    config = span_runs["config"]
+    store = open_store(config.output.metadata_path)
+    run_a, run_b = pipeline_runs(store, config.name)[:2]
+    a = run_executions(store, run_a, config.name)
+    b = run_executions(store, run_b, config.name)
+    model_a = a["Trainer"].output("model")
+    assert [m.id for m in b["Trainer"].inputs["base_model"]] == [model_a.id]
+    assert [m.id for m in b["Evaluator"].inputs["baseline_model"]] == [model_a.id]
+    summary = span_runs["b"].summary
+    assert summary.span == 2
+    version_a = span_runs["versions_a"][0]
+    assert summary.training.startswith(f"warm-started from version {version_a} (span 1): ")
+    assert summary.has_baseline
+    auc = next(m for m in summary.metrics if m.name == "auc")
+    assert auc.baseline is not None and auc.candidate is not None
+
+
+def test_a_worse_candidate_is_not_blessed_and_the_served_model_stays(span_runs):
+    c = span_runs["c"].summary
+    assert c.blessed is False
+    assert any(f.startswith("auc on Overall") for f in c.failures), c.failures
+    assert c.pushed_to is None and "did not bless" in c.not_pushed_reason
+    assert span_runs["versions_c"] == span_runs["versions_b"]
+    assert "fresh: dense_0" in c.training
+
+
+def test_runs_show_names_the_failed_threshold_of_a_not_blessed_run(span_runs, capsys):
+    config = span_runs["config"]
+    args = ["--config", config.source, "--output-dir", str(Path(config.output.metadata_path).parent)]
+    run_c = span_runs["c"].summary.run_id
+    assert main(["runs", "show", run_c, *args]) == 0
+    out = capsys.readouterr().out
+    assert "blessed: no" in out
+    assert "auc on Overall: candidate " in out and "baseline " in out and "bound: may drop at most 0" in out
+    assert main(["runs", "list", *args]) == 0
+    assert "not blessed" in capsys.readouterr().out
+
+
+def test_rollback_republishes_the_previous_version_with_lineage(span_runs, capsys):
+    config = span_runs["config"]
+    args = ["--config", config.source, "--output-dir", str(Path(config.output.metadata_path).parent)]
+    model_dir = config.serving_model_dir
+    good = list_versions(model_dir)[-1]
+    # A bad version reached the directory (copied by hand): rollback serves `good` again.
+    bad = publish(Path(model_dir) / str(good), model_dir)
+    assert main(["models", "rollback", *args]) == 0
+    assert f"version {good} is served again" in capsys.readouterr().out
+    new = list_versions(model_dir)[-1]
+    assert new > bad
+    restored = (Path(model_dir) / str(new) / "saved_model.pb").read_bytes()
+    assert restored == (Path(model_dir) / str(good) / "saved_model.pb").read_bytes()
+    records = {r.version: r for r in registry.versions(config.output.metadata_path, config.name, model_dir)}
+    assert records[new].rollback_of == good
+    config_text = (Path(config.output.serving_root) / "models.config").read_text()
+    assert f'key: "stable"\n      value: {new}' in config_text
+    assert main(["models", "rollback", "--to", "999", *args]) == 2
+    assert "version 999 is not in" in capsys.readouterr().err
