@@ -63,6 +63,11 @@ def cluster_config(config: PipelineConfig, overrides: Optional[KubeflowConfig] =
                 for name in ("pipeline_root", "data_root", "serving_root", "image", "beam_args")
             }
         )
+    if config.window > 1:
+        raise ValueError(
+            "data.window > 1 needs a span-range resolver, which KubeflowV2DagRunner does not support "
+            "(it compiles only latest-artifact and latest-blessed-model resolvers); compile with data.window: 1"
+        )
     missing = [n for n in ("pipeline_root", "data_root", "serving_root", "image") if not getattr(facts, n)]
     if missing:
         flags = ", ".join(f"--{n.replace('_', '-')}" for n in missing)

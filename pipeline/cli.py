@@ -31,18 +31,37 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--span", type=int, default=None, help="run on data-root/span-N/ (default: the newest span)")
 
 
+def run_input(config) -> Path:
+    """The directory ExampleGen will read in this run: the chosen or newest span, or the data root."""
+    from pipeline.config import list_spans
+
+    if not config.span_pattern:
+        return Path(config.data_root)
+    span = config.span if config.span is not None else list_spans(config.data_root)[-1]
+    return Path(config.data_root) / f"span-{span}"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError, load_config
-    from pipeline.runner import ComponentFailed, run_local
+    from pipeline.data_check import DataReadError, read_csv_input
+    from pipeline.runner import ComponentFailed, RunLocked, run_local
 
     try:
         config = load_config(args.config, output_dir=args.output_dir, data_root=args.data_root, span=args.span)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        read_csv_input(run_input(config))
+    except DataReadError as err:
+        print(f"error: cannot read input: {err}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"conveyor: running pipeline '{config.name}' on {config.data_root}", file=sys.stderr)
     try:
         result = run_local(config, sys.stderr)
+    except (RunLocked, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except ComponentFailed as err:
         print(f"error: {err.node_id} failed: {err.error}", file=sys.stderr)
         print(f"  full log: {err.log_path}", file=sys.stderr)
@@ -175,6 +194,21 @@ def cmd_models_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_models_card(args: argparse.Namespace) -> int:
+    from pipeline import registry
+    from pipeline.model_card import write_card
+
+    config = _registry_config(args)
+    model_dir = config.serving_model_dir
+    records = {r.version: r for r in registry.versions(config.output.metadata_path, config.name, model_dir)}
+    if args.version not in records or args.version not in registry.list_versions(model_dir):
+        print(f"error: version {args.version} is not in {model_dir}", file=sys.stderr)
+        return EXIT_USAGE
+    html_path, md_path = write_card(records[args.version], config, str(Path(model_dir) / str(args.version)))
+    print(f"model card: {html_path}\n  markdown: {md_path}")
+    return EXIT_OK
+
+
 def cmd_models_rollback(args: argparse.Namespace) -> int:
     from pipeline import registry
 
@@ -277,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     registry_args(p)
     p.add_argument("version", type=int)
     p.set_defaults(func=cmd_models_show)
+    p = models.add_parser("card", help="(re)write a version's model card into its assets.extra/")
+    registry_args(p)
+    p.add_argument("version", type=int)
+    p.set_defaults(func=cmd_models_card)
     p = models.add_parser("rollback", help="serve an earlier version again, as a new highest version")
     registry_args(p)
     p.add_argument("--to", type=int, default=None, help="version to restore (default: the one before the served)")

@@ -83,6 +83,14 @@ def thresholds(evaluator: NodeExecution) -> list[dict[str, Any]]:
     return found
 
 
+def _slice_order(item) -> tuple:
+    where = item[0]
+    if where == "Overall":
+        return (0, "", 0, "")
+    feature, _, value = where.partition(":")
+    return (1, feature, 0, f"{int(value):>12}") if value.lstrip("-").isdigit() else (1, feature, 1, value)
+
+
 def _snake(name: str) -> str:
     out = ""
     for i, ch in enumerate(name):
@@ -129,24 +137,24 @@ def describe(record: VersionRecord, config) -> list[str]:
         custom = json.loads(_exec_property(trainer, "custom_config") or "{}")
         out.append("  config:")
         out.append(f"    label: {custom.get('label')}")
+        relevant = {"bucketized": ("buckets",), "categorical_string": ("top_k", "oov_buckets")}
+        relevant["categorical_int"] = relevant["categorical_string"]
         for f in custom.get("features", []):
-            extra = {k: v for k, v in f.items() if k not in ("name", "kind")}
-            out.append(f"    feature {f['name']}: {f['kind']} {json.dumps(extra)}")
+            extra = " ".join(f"{k}={f[k]}" for k in relevant.get(f["kind"], ()))
+            out.append(f"    feature {f['name']}: {f['kind']} {extra}".rstrip())
         out.append(f"    model: {json.dumps(custom.get('model', {}))}")
         train_args = json.loads(_exec_property(trainer, "train_args") or "{}")
         eval_args = json.loads(_exec_property(trainer, "eval_args") or "{}")
         out.append(f"    train steps: {train_args.get('num_steps')}, eval steps: {eval_args.get('num_steps')}")
-        out.append("  data:")
+    out.append("  data:")
+    transform, evaluator = ex.get("Transform"), ex.get("Evaluator")
+    for role, node in (("training data", transform), ("evaluation data", evaluator)):
+        for artifact in node.inputs.get("examples", []) if node is not None else []:
+            span, version = int_property(artifact, "span"), int_property(artifact, "version") or 0
+            out.append(f"    {role}: {artifact.uri} (span {span}, version {version})")
+    if trainer is not None:
         for artifact in trainer.inputs.get("examples", []):
-            out.append(
-                f"    training examples: {artifact.uri} (span {int_property(artifact, 'span')}, "
-                f"version {int_property(artifact, 'version')})"
-            )
-    gen = ex.get("CsvExampleGen")
-    if gen is not None and gen.output("examples") is not None:
-        examples = gen.output("examples")
-        span, version = int_property(examples, "span"), int_property(examples, "version")
-        out.append(f"    raw examples: {examples.uri} (span {span}, version {version})")
+            out.append(f"    transformed training data: {artifact.uri}")
     if s is not None and s.rows:
         out.append("    rows: " + ", ".join(f"{k} {v:,}" for k, v in sorted(s.rows.items())))
     schema_gen = ex.get("ImportSchemaGen")
@@ -161,12 +169,11 @@ def describe(record: VersionRecord, config) -> list[str]:
         losses = tr.get("history", {}).get("loss", [])
         if losses:
             out.append("    loss per epoch: " + ", ".join(f"{v:.4f}" for v in losses))
-    evaluator = ex.get("Evaluator")
     if evaluator is not None:
         baseline = evaluator.inputs.get("baseline_model") or []
         out.append(f"  baseline: {baseline[0].uri if baseline else 'none (first model: absolute thresholds only)'}")
         out.append("  metrics (candidate / baseline):")
-        for where, metrics in metrics_by_slice(evaluator.output("evaluation").uri).items():
+        for where, metrics in sorted(metrics_by_slice(evaluator.output("evaluation").uri).items(), key=_slice_order):
             shown = ", ".join(
                 f"{name} {v['candidate']:.4f}" + (f" / {v['baseline']:.4f}" if "baseline" in v else "")
                 for name, v in sorted(metrics.items())

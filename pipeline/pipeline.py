@@ -80,6 +80,22 @@ def _example_gen(config: PipelineConfig) -> tfx.components.CsvExampleGen:
     )
 
 
+def _training_examples(config: PipelineConfig, example_gen) -> tuple:
+    """This span's examples, or with `data.window: K` the last K spans ingested (this one included),
+    gathered by a span-range resolver after ExampleGen has run. Evaluation stays on this span."""
+    if config.window <= 1:
+        return example_gen.outputs["examples"], []
+    resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.SpanRangeStrategy,
+        config={"range_config": tfx.proto.RangeConfig(rolling_range=tfx.proto.RollingRange(num_spans=config.window))},
+        examples=tfx.dsl.Channel(
+            type=tfx.types.standard_artifacts.Examples, producer_component_id=example_gen.id, output_key="examples"
+        ),
+    ).with_id("span_window_resolver")
+    resolver.add_upstream_node(example_gen)
+    return resolver.outputs["examples"], [resolver]
+
+
 def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     """Builds the Conveyor pipeline from a validated config; pure, reads nothing from the environment.
 
@@ -112,8 +128,9 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         previous_statistics=previous_statistics_resolver.outputs["statistics"],
     )
     component_config = config.component_config()
+    training_examples, window_nodes = _training_examples(config, example_gen)
     transform = tfx.components.Transform(
-        examples=example_gen.outputs["examples"],
+        examples=training_examples,
         schema=import_schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
         custom_config=component_config,
@@ -162,6 +179,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
             import_schema_gen,
             example_validator,
             data_gate,
+            *window_nodes,
             transform,
             latest_blessed_model_resolver,
             trainer,

@@ -143,7 +143,9 @@ def runs(
 
 def run_status(executions: dict[str, NodeExecution]) -> tuple[str, Optional[NodeExecution]]:
     """("succeeded" | "failed" | "incomplete", the failed execution)."""
-    failed = next((e for e in executions.values() if e.state == "failed"), None)
+    # A resolver that finds nothing (no statistics or blessed model yet) is recorded as failed by
+    # TFX; that is the normal first run, not a failure of the run.
+    failed = next((e for k, e in executions.items() if e.state == "failed" and not k.endswith("_resolver")), None)
     if failed is not None:
         return "failed", failed
     pusher = next((e for k, e in executions.items() if k.endswith("Pusher")), None)

@@ -31,6 +31,44 @@ class ComponentFailed(RuntimeError):
         self.log_path = log_path
 
 
+class RunLocked(RuntimeError):
+    """Another run holds the output directory."""
+
+
+@contextlib.contextmanager
+def output_lock(output_dir: Path) -> Iterator[None]:
+    """Holds `<output dir>/.conveyor.lock` for the run, so two runs never share ML Metadata and the
+    serving directory at once. The lock is the kernel's (flock): a killed run releases it.
+
+    Raises:
+      RunLocked: another process holds it; says which and since when.
+      OSError: the output directory cannot be created or written.
+    """
+    import fcntl
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / ".conveyor.lock"
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunLocked(
+                f"{output_dir} is in use by {holder}; wait for that run to finish or pass another --output-dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"conveyor run (pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')})")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class _Progress(logging.Handler):
     """Turns LocalDagRunner's log lines into one line per component with its wall time."""
 
@@ -160,10 +198,12 @@ def run_local(config: PipelineConfig, progress_out: TextIO, log_dir: Optional[Pa
 
     Raises:
       ComponentFailed: a component raised (the summary is not built).
+      RunLocked: another run is using the same output directory.
     """
-    log_dir = log_dir or Path(config.output.metadata_path).parent / "logs"
+    output_dir = Path(config.output.metadata_path).parent
+    log_dir = log_dir or output_dir / "logs"
     log_path = log_dir / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    with _logs_to_file(log_path, progress_out) as progress:
+    with output_lock(output_dir), _logs_to_file(log_path, progress_out) as progress:
         from tfx import v1 as tfx
 
         from pipeline.lineage import open_store, pipeline_runs, run_executions
@@ -183,4 +223,25 @@ def run_local(config: PipelineConfig, progress_out: TextIO, log_dir: Optional[Pa
         store = open_store(config.output.metadata_path)
         run = pipeline_runs(store, config.name)[-1]
         summary = summarize(run.name, run_executions(store, run, config.name), store, config.name)
+        if summary.pushed_to:
+            summary.card = _write_card(config, summary)
     return RunResult(summary, log_path)
+
+
+def _write_card(config: PipelineConfig, summary) -> str:
+    """The pushed version's model card; a failure here is reported, never undoes the push."""
+    from pipeline.model_card import write_card
+    from pipeline.registry import versions
+
+    version = int(Path(summary.pushed_to).name)
+    try:
+        record = next(
+            r
+            for r in versions(config.output.metadata_path, config.name, config.serving_model_dir)
+            if r.version == version
+        )
+        html_path, _ = write_card(record, config)
+    except Exception as err:  # noqa: BLE001 - the model is pushed; the card is reported as missing
+        logging.exception("model card failed")
+        return f"not written ({type(err).__name__}: {err}); retry with `conveyor models card {version}`"
+    return str(html_path)

@@ -35,6 +35,7 @@ class RunSummary:
     blessed: Optional[bool] = None
     failures: list[str] = field(default_factory=list)
     pushed_to: Optional[str] = None
+    card: Optional[str] = None
     not_pushed_reason: Optional[str] = None
     training: str = ""
     span: Optional[int] = None
@@ -70,6 +71,8 @@ class RunSummary:
                 out.extend(f"    {f}" for f in self.failures)
         if self.pushed_to:
             out.append(f"  pushed: {self.pushed_to}")
+            if self.card:
+                out.append(f"  model card: {self.card}")
         elif self.not_pushed_reason:
             out.append(f"  pushed: nothing ({self.not_pushed_reason})")
         if self.cached:

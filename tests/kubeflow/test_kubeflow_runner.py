@@ -165,6 +165,12 @@ def test_matches_the_golden_spec(compiled):
     )
 
 
+def test_a_rolling_window_is_refused_for_kubeflow_with_the_reason():
+    local = load_config(TAXI_CONFIG).replace(window=2)
+    with pytest.raises(ValueError, match="data.window > 1 needs a span-range resolver"):
+        cluster_config(local)
+
+
 def test_missing_cluster_facts_are_named(tmp_path):
     local = load_config(TAXI_CONFIG).replace(kubeflow=KubeflowConfig())
     with pytest.raises(ValueError, match=r"pipeline_root, data_root, serving_root, image not set.*--pipeline-root"):

@@ -1,0 +1,92 @@
+"""The model card of a pushed version: decodable chart images, the record, and a real browser render."""
+
+import base64
+import io
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.model_card import confusion, pr_curve, roc_curve
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_curves_on_known_scores():
+    labels = np.array([1, 1, 0, 1, 0, 0], dtype=float)
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.2, 0.1])
+    _, _, auc = roc_curve(labels, scores)
+    assert auc == pytest.approx(8 / 9)  # one negative outranks one positive: 8 of 9 pairs right
+    recall, precision = pr_curve(labels, scores)
+    assert recall[-1] == 1.0 and precision[0] == 1.0
+    assert confusion(labels, scores).tolist() == [[2, 1], [0, 3]]
+
+
+@pytest.fixture(scope="module")
+def card(two_runs):
+    first = two_runs[0]
+    assert first.summary.card and first.summary.card.endswith("model_card.html"), first.summary.card
+    return Path(first.summary.card)
+
+
+@pytest.mark.e2e
+def test_card_is_in_assets_extra_with_decodable_charts_and_the_record(card, two_runs):
+    _, versions, _, _ = two_runs
+    assert card.parent.name == "assets.extra" and card.parent.parent.name == str(versions[0])
+    page = card.read_text()
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
+    titles = [t for t, _ in images]
+    for expected in (
+        "ROC curve",
+        "Precision-recall curve",
+        "Confusion matrix",
+        "Calibration",
+        "Permutation importance",
+    ):
+        assert expected in titles
+    assert any(t.startswith("AUC by ") for t in titles), "per-slice bars"
+    for _, data in images:
+        picture = Image.open(io.BytesIO(base64.b64decode(data)))
+        assert picture.format == "PNG" and picture.size[0] > 200 and picture.size[1] > 100
+    assert "git commit: " in page and "thresholds (overall slice)" in page
+    assert "<script" not in page and "http://" not in page and "https://" not in page, "opens offline"
+    markdown = (card.parent / "model_card.md").read_text()
+    assert "## Permutation importance" in markdown and "](model_card_images/roc_curve.png)" in markdown
+    assert (card.parent / "model_card_images" / "roc_curve.png").is_file()
+
+
+@pytest.mark.e2e
+def test_card_renders_in_headless_chromium(card, tmp_path):
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed: `apt-get install chromium` (.ci/run installs it)")
+    shot = tmp_path / "model_card.png"
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1280,1800",
+            f"--screenshot={shot}",
+            card.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    picture = np.asarray(Image.open(shot).convert("L"))
+    assert picture.shape == (1800, 1280)
+    # A rendered page with charts: far from blank, with dark text and plot lines on light paper.
+    assert picture.std() > 20 and (picture < 100).mean() > 0.005
+    kept = Path(card.parent.parent.parent.parent.parent / "model_card_screenshot.png")
+    shutil.copy(shot, kept)

@@ -1,0 +1,39 @@
+"""Guards that act before the pipeline starts: the output lock, unreadable input, the run input."""
+
+import pytest
+
+from pipeline.cli import main, run_input
+from pipeline.config import load_config
+from pipeline.runner import RunLocked, output_lock
+from tests.conftest import TAXI_CONFIG
+
+
+def test_a_second_run_on_the_same_output_directory_is_refused(tmp_path):
+    with output_lock(tmp_path / "out"):
+        with pytest.raises(RunLocked, match=r"in use by conveyor run \(pid \d+"):
+            with output_lock(tmp_path / "out"):
+                pass
+    with output_lock(tmp_path / "out"):  # released when the first run ends
+        pass
+
+
+def test_run_refuses_unreadable_input_before_anything_runs(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "empty.csv").write_text("")
+    code = main(["run", "--data-root", str(data), "--output-dir", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot read input" in err and "empty.csv" in err and "is empty" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_reads_the_newest_span_unless_told(tmp_path):
+    config = load_config(TAXI_CONFIG)
+    assert run_input(config).name == "span-3"
+    assert run_input(load_config(TAXI_CONFIG, span=1)).name == "span-1"
+
+
+def test_unknown_span_is_a_config_error(capsys):
+    assert main(["run", "--span", "9", "--output-dir", "/tmp/never-written"]) == 2
+    assert "span 9 not found" in capsys.readouterr().err

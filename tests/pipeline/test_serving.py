@@ -1,0 +1,373 @@
+"""`conveyor serve`: real HTTP requests to the local TF Serving REST API over the model the pipeline pushed."""
+
+import base64
+import csv
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_data_validation as tfdv
+from tensorflow_metadata.proto.v0 import schema_pb2
+
+from components.examples import to_example
+from components.pusher.publish import list_versions, publish
+from pipeline.serving import SERVING_ENVIRONMENT, ModelServer
+
+pytestmark = pytest.mark.e2e
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+ROWS = 12
+POLL_SECONDS = 0.2
+WAIT_SECONDS = 15
+
+
+@dataclass(frozen=True)
+class Served:
+    root: Path  # the serving root: <root>/<name>/<version>/
+    name: str
+    version: int
+
+    @property
+    def version_dir(self) -> Path:
+        return self.root / self.name / str(self.version)
+
+
+@pytest.fixture(scope="module")
+def served(two_runs, e2e_config, tmp_path_factory) -> Served:
+    """A private copy of the pushed model's serving root: tests here add and remove versions without
+    touching the directory the other end-to-end tests assert on."""
+    _, versions, _ = two_runs
+    root = tmp_path_factory.mktemp("serve") / "serving_model"
+    shutil.copytree(
+        Path(e2e_config.serving_model_dir) / str(versions[0]), root / e2e_config.model_name / str(versions[0])
+    )
+    return Served(root, e2e_config.model_name, versions[0])
+
+
+@pytest.fixture(scope="module")
+def server(served):
+    with ModelServer(served.root, "127.0.0.1", 0, poll_seconds=POLL_SECONDS) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def schema(served) -> schema_pb2.Schema:
+    """The schema shipped with the pushed version, which the server types plain JSON values by."""
+    return tfdv.load_schema_text(str(served.version_dir / "assets.extra" / "schema.pbtxt"))
+
+
+@pytest.fixture(scope="module")
+def not_served(schema) -> set[str]:
+    """The label and the other columns the schema keeps out of the SERVING environment."""
+    names = {f.name for f in schema.feature if SERVING_ENVIRONMENT in f.not_in_environment}
+    assert names, "the curated schema should keep at least the label out of serving"
+    return names
+
+
+@pytest.fixture(scope="module")
+def raw_rows(small_taxi_dir, not_served) -> list[dict[str, str]]:
+    """Raw CSV rows without the label and the columns that give it away."""
+    with open(small_taxi_dir / "data.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))[:ROWS]
+    return [{k: v for k, v in row.items() if k not in not_served} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def json_rows(raw_rows, schema) -> list[dict]:
+    """The same rows as a client would send them: JSON numbers for numeric features, missing ones left out."""
+    types = {f.name: f.type for f in schema.feature}
+
+    def typed(name, text):
+        if types[name] == schema_pb2.INT:
+            return int(float(text))
+        return float(text) if types[name] == schema_pb2.FLOAT else text
+
+    return [{k: typed(k, v) for k, v in row.items() if v != ""} for row in raw_rows]
+
+
+@pytest.fixture(scope="module")
+def serialized(raw_rows, schema, not_served) -> list[bytes]:
+    return [to_example(row, schema, skip=not_served).SerializeToString() for row in raw_rows]
+
+
+@pytest.fixture(scope="module")
+def b64(serialized) -> list[dict]:
+    return [{"b64": base64.b64encode(s).decode("ascii")} for s in serialized]
+
+
+@pytest.fixture(scope="module")
+def expected(served, serialized) -> np.ndarray:
+    """What the pushed SavedModel itself says for the rows, called in process."""
+    model = tf.saved_model.load(str(served.version_dir))
+    out = model.signatures["serving_default"](examples=tf.constant(serialized))["probabilities"].numpy()
+    assert out.shape == (ROWS, 1)
+    return out
+
+
+def _call(server, method, path, body=None):
+    data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode("utf-8")
+    request = urllib.request.Request(
+        server.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def _predict(server, body, path="/v1/models/taxi:predict"):
+    status, answer = _call(server, "POST", path, body)
+    assert status == 200, answer
+    return answer
+
+
+def _versions(server, name) -> list[str]:
+    status, answer = _call(server, "GET", f"/v1/models/{name}")
+    assert status == 200, answer
+    return [entry["version"] for entry in answer["model_version_status"] if entry["state"] == "AVAILABLE"]
+
+
+def _wait_for(condition, seconds=WAIT_SECONDS) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def test_model_status_has_tf_servings_shape(server, served):
+    one = {"version": str(served.version), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+    assert _call(server, "GET", f"/v1/models/{served.name}") == (200, {"model_version_status": [one]})
+    assert _call(server, "GET", f"/v1/models/{served.name}/versions/{served.version}") == (
+        200,
+        {"model_version_status": [one]},
+    )
+
+
+def test_metadata_describes_serving_default_as_tf_serving_does(server, served):
+    status, answer = _call(server, "GET", f"/v1/models/{served.name}/metadata")
+    assert status == 200, answer
+    assert answer["model_spec"] == {"name": served.name, "signature_name": "", "version": str(served.version)}
+    signature = answer["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert signature["method_name"] == "tensorflow/serving/predict"
+    examples = signature["inputs"]["examples"]
+    assert examples["dtype"] == "DT_STRING"
+    assert examples["tensor_shape"] == {"dim": [{"size": "-1", "name": ""}], "unknown_rank": False}
+    assert examples["name"].endswith(":0")
+    probabilities = signature["outputs"]["probabilities"]
+    assert probabilities["dtype"] == "DT_FLOAT"
+    assert [d["size"] for d in probabilities["tensor_shape"]["dim"]] == ["-1", "1"]
+    assert _call(server, "GET", f"/v1/models/{served.name}/versions/{served.version}/metadata") == (200, answer)
+
+
+def test_row_form_with_serialized_examples_matches_the_saved_model(server, b64, expected):
+    answer = _predict(server, {"instances": b64})
+    assert list(answer) == ["predictions"]
+    predictions = np.array(answer["predictions"])
+    assert predictions.shape == expected.shape
+    assert np.allclose(predictions, expected, atol=1e-6)
+    keyed = _predict(server, {"instances": [{"examples": b} for b in b64]})
+    assert np.allclose(keyed["predictions"], expected, atol=1e-6)
+
+
+def test_columnar_form_with_serialized_examples_matches_the_saved_model(server, b64, expected):
+    for body in ({"inputs": {"examples": b64}}, {"inputs": b64}):
+        answer = _predict(server, body)
+        assert list(answer) == ["outputs"]
+        outputs = np.array(answer["outputs"])
+        assert outputs.shape == expected.shape
+        assert np.allclose(outputs, expected, atol=1e-6)
+
+
+def test_plain_json_values_score_as_their_tf_examples(server, json_rows, b64, expected, not_served):
+    by_b64 = np.array(_predict(server, {"instances": b64})["predictions"])
+    rows = np.array(_predict(server, {"instances": json_rows})["predictions"])
+    assert np.allclose(rows, by_b64, atol=1e-6)
+    assert np.allclose(rows, expected, atol=1e-6)
+    # A client may send whole rows: features kept out of serving (the label) are ignored.
+    with_label = [{**row, **{name: 1 for name in not_served}} for row in json_rows]
+    assert np.allclose(_predict(server, {"instances": with_label})["predictions"], by_b64, atol=1e-6)
+
+
+def test_columnar_plain_json_values_with_nulls_score_as_rows(server, json_rows, expected):
+    features = sorted({name for row in json_rows for name in row})
+    columns = {name: [row.get(name) for row in json_rows] for name in features}
+    assert any(None in column for column in columns.values()), "the rows should have a missing value to send as null"
+    answer = _predict(server, {"inputs": columns})
+    assert list(answer) == ["outputs"]
+    assert np.allclose(answer["outputs"], expected, atol=1e-6)
+
+
+def test_explicit_version_and_signature_name(server, served, b64, expected):
+    path = f"/v1/models/{served.name}/versions/{served.version}:predict"
+    answer = _predict(server, {"signature_name": "serving_default", "instances": b64[:2]}, path)
+    assert np.allclose(answer["predictions"], expected[:2], atol=1e-6)
+    status, answer = _call(server, "POST", path, {"signature_name": "classify", "instances": b64[:2]})
+    assert status == 400
+    assert answer == {"error": 'Serving signature name: "classify" not found in signature def'}
+
+
+def _numeric_feature(json_rows, schema):
+    floats = {f.name for f in schema.feature if f.type == schema_pb2.FLOAT}
+    return next(name for name in json_rows[0] if name in floats)
+
+
+PREDICT = "/v1/models/taxi:predict"
+ERRORS = [
+    pytest.param(
+        "POST", "/v1/models/nope:predict", lambda c: {"instances": c["b64"]}, 404,
+        "Servable not found for request: Latest(nope)", id="unknown model",
+    ),
+    pytest.param(
+        "GET", "/v1/models/nope", None, 404, "Could not find any versions of model nope", id="status of unknown model"
+    ),
+    pytest.param(
+        "POST", "/v1/models/taxi/versions/123:predict", lambda c: {"instances": c["b64"]}, 404,
+        "Servable not found for request: Specific(taxi, 123)", id="unknown version",
+    ),
+    pytest.param(
+        "GET", "/v1/models/taxi/versions/123/metadata", None, 404,
+        "Servable not found for request: Specific(taxi, 123)", id="metadata of unknown version",
+    ),
+    pytest.param(
+        "GET", "/v1/models/taxi/versions/123", None, 404, "Could not find version 123 of model taxi",
+        id="status of unknown version",
+    ),
+    pytest.param("POST", PREDICT, lambda c: b'{"instances": [', 400, "JSON Parse error", id="malformed JSON"),
+    pytest.param(
+        "POST", PREDICT, lambda c: {"rows": c["b64"]}, 400, "Missing 'inputs' or 'instances' key",
+        id="no instances or inputs",
+    ),
+    pytest.param(
+        "POST", PREDICT, lambda c: {"instances": []}, 400, "No values in 'instances' array", id="empty instances"
+    ),
+    pytest.param(
+        "POST", PREDICT, lambda c: {"instances": [{**c["row"], c["numeric"]: "twelve"}]}, 400,
+        "feature '{numeric}': JSON Value: \"twelve\" Type: String is not of expected type: FLOAT",
+        id="string for a numeric feature",
+    ),
+    pytest.param(
+        "POST", PREDICT, lambda c: {"instances": [{**c["row"], "surge_factor": 1.5}]}, 400,
+        "unknown feature(s) 'surge_factor'", id="unknown feature",
+    ),
+    pytest.param(
+        "POST", PREDICT, lambda c: {"instances": [{"b64": "not base64!"}]}, 400, "Unable to base64 decode",
+        id="bad base64",
+    ),
+    pytest.param(
+        "POST", PREDICT, lambda c: {"instances": [{"b64": base64.b64encode(b"garbage").decode()}]}, 400,
+        "Could not parse example input", id="bytes that are no tf.Example",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("method, path, body, status, fragment", ERRORS)
+def test_errors_as_tf_serving_reports_them(server, b64, json_rows, schema, method, path, body, status, fragment):
+    context = {"b64": b64[:2], "row": json_rows[0], "numeric": _numeric_feature(json_rows, schema)}
+    got_status, answer = _call(server, method, path, body(context) if body else None)
+    assert got_status == status, answer
+    assert list(answer) == ["error"]
+    assert fragment.format(**context) in answer["error"]
+
+
+def test_concurrent_requests_get_their_own_answers(server, b64, expected):
+    def one(i):
+        size = 1 + i % len(b64)
+        return size, _predict(server, {"instances": b64[:size]})["predictions"]
+
+    with ThreadPoolExecutor(8) as pool:
+        for size, predictions in pool.map(one, range(24)):
+            assert np.allclose(predictions, expected[:size], atol=1e-6)
+
+
+def test_new_versions_are_picked_up_and_removed_ones_dropped(served, b64, expected, tmp_path):
+    root = tmp_path / "serving_model"
+    shutil.copytree(served.root, root)
+    model_dir, old, new = root / served.name, served.version, served.version + 1
+    with ModelServer(root, "127.0.0.1", 0, poll_seconds=POLL_SECONDS) as server:
+        assert _versions(server, served.name) == [str(old)]
+        staging = model_dir / ".staging-x"
+        shutil.copytree(model_dir / str(old), staging)
+        time.sleep(5 * POLL_SECONDS)
+        assert _versions(server, served.name) == [str(old)], "a staging directory is not a version"
+        os.rename(staging, model_dir / str(new))
+        assert _wait_for(lambda: _versions(server, served.name) == [str(new), str(old)])
+        _, answer = _call(server, "GET", f"/v1/models/{served.name}/metadata")
+        assert answer["model_spec"]["version"] == str(new), "the highest version is the default"
+        assert np.allclose(_predict(server, {"instances": b64})["predictions"], expected, atol=1e-6)
+
+        # Removed as retention removes: renamed out of the version namespace, then deleted.
+        doomed = model_dir / f".staging-deleting-{new}"
+        os.rename(model_dir / str(new), doomed)
+        shutil.rmtree(doomed)
+        assert _wait_for(lambda: _versions(server, served.name) == [str(old)])
+        status, answer = _call(server, "POST", f"/v1/models/{served.name}/versions/{new}:predict", {"instances": b64})
+        assert (status, answer) == (404, {"error": f"Servable not found for request: Specific({served.name}, {new})"})
+        _, answer = _call(server, "GET", f"/v1/models/{served.name}/metadata")
+        assert answer["model_spec"]["version"] == str(old)
+
+
+def test_a_reader_never_sees_a_partial_or_repeated_version_during_rapid_pushes(served, tmp_path):
+    model_dir = tmp_path / "serving_model" / served.name
+    pushes = 20
+    seen: list[int] = []
+    partial_states = 0
+    with ThreadPoolExecutor(1) as pool:
+        pushing = pool.submit(lambda: [publish(served.version_dir, model_dir) for _ in range(pushes)])
+        while True:
+            finished = pushing.done()
+            names = [p.name for p in model_dir.iterdir()] if model_dir.is_dir() else []
+            listing = sorted(int(n) for n in names if n.isdigit())
+            for version in listing:
+                assert (model_dir / str(version) / "saved_model.pb").is_file(), f"version {version} is partial"
+                assert (model_dir / str(version) / "variables" / "variables.index").is_file()
+            assert len(set(listing)) == len(listing)
+            assert set(seen) <= set(listing), "a version disappeared"
+            partial_states += 0 < len(listing) < pushes
+            seen = listing
+            if finished:
+                break
+        published = pushing.result()
+    assert len(set(published)) == pushes and published == sorted(published)
+    assert list_versions(model_dir) == published == seen
+    assert partial_states > 0, "the reader never looked while pushes were under way"
+
+
+def test_serve_command_prints_its_url_and_serves_until_interrupted(served, tmp_path):
+    log_path = tmp_path / "serve.log"
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+    command = [sys.executable, "-m", "pipeline.serving", "--output-dir", str(served.root.parent), "--port", "0"]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=PROJECT_ROOT, env=env)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
+    try:
+        line = lines.get(timeout=180)
+        match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        assert match, f"no URL in {line!r}; log: {log_path.read_text()[-2000:]}"
+        assert f"{served.name} version {served.version}" in line
+        with urllib.request.urlopen(f"{match.group(0)}/v1/models/{served.name}", timeout=60) as response:
+            assert json.loads(response.read())["model_version_status"][0]["version"] == str(served.version)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
