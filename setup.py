@@ -23,6 +23,6 @@ setup(
         "PyYAML==6.0.3",
         "matplotlib==3.9.2",
     ],
-    extras_require={"test": ["pytest==8.0.0", "ruff==0.17.6"]},
+    extras_require={"test": ["pytest==8.0.0", "ruff==0.17.6", "hypothesis==6.168.5"]},
     entry_points={"console_scripts": ["conveyor=pipeline.cli:main"]},
 )

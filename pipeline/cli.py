@@ -43,7 +43,7 @@ def run_input(config) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError, load_config
-    from pipeline.data_check import DataReadError, read_csv_input
+    from pipeline.data_check import DataReadError, read_csv_input, require_label
     from pipeline.runner import ComponentFailed, RunLocked, run_local
 
     try:
@@ -52,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        read_csv_input(run_input(config))
+        require_label(read_csv_input(run_input(config)), config.label)
     except DataReadError as err:
         print(f"error: cannot read input: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -106,6 +106,18 @@ def read_csv_input(path: str | Path) -> CsvInput:
     return CsvInput(tuple(files), tuple(header), total)
 
 
+def require_label(csv_input: CsvInput, label: str) -> None:
+    """Training data must carry the label.
+
+    Raises:
+      DataReadError: naming the file and the missing column.
+    """
+    if label not in csv_input.header:
+        raise DataReadError(
+            csv_input.files[0], f"has no '{label}' column, the label the config trains on (config key 'label')", 1
+        )
+
+
 def csv_statistics(csv_input: CsvInput, beam_args: Sequence[str] = ()):
     """TFDV statistics of the files, computed on Beam from the tf.Examples CsvExampleGen would make.
 
@@ -160,6 +172,7 @@ def check(path: str | Path, schema_path: str, label: str, beam_args: Sequence[st
     schema = tfdv.load_schema_text(schema_path)
     anomalies = from_proto(Path(path).name, tfdv.validate_statistics(stats, schema, environment=environment))
     files = ", ".join(f.name for f in csv_input.files)
+    kind = f"{environment} data" if environment == "TRAINING" else f"no '{label}' column, so SERVING data"
     if anomalies:
-        return EXIT_ANOMALIES, message(anomalies, f"{path} ({csv_input.rows:,} rows; {environment} data)")
-    return EXIT_CLEAN, f"{path}: {csv_input.rows:,} rows in {files} match the curated schema ({environment} data)"
+        return EXIT_ANOMALIES, message(anomalies, f"{path} ({csv_input.rows:,} rows; {kind})")
+    return EXIT_CLEAN, f"{path}: {csv_input.rows:,} rows in {files} match the curated schema ({kind})"

@@ -37,3 +37,12 @@ def test_run_reads_the_newest_span_unless_told(tmp_path):
 def test_unknown_span_is_a_config_error(capsys):
     assert main(["run", "--span", "9", "--output-dir", "/tmp/never-written"]) == 2
     assert "span 9 not found" in capsys.readouterr().err
+
+
+def test_run_refuses_training_data_without_the_label(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "d.csv").write_text("fare,company\n1.0,Flash\n")
+    assert main(["run", "--data-root", str(data), "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "d.csv, line 1: has no 'big_tipper' column" in err and "config key 'label'" in err

@@ -51,7 +51,7 @@ class Served:
 def served(two_runs, e2e_config, tmp_path_factory) -> Served:
     """A private copy of the pushed model's serving root: tests here add and remove versions without
     touching the directory the other end-to-end tests assert on."""
-    _, versions, _ = two_runs
+    versions = two_runs[1]  # the versions after the first run, which pushed
     root = tmp_path_factory.mktemp("serve") / "serving_model"
     shutil.copytree(
         Path(e2e_config.serving_model_dir) / str(versions[0]), root / e2e_config.model_name / str(versions[0])
