@@ -211,11 +211,15 @@ def cmd_models_card(args: argparse.Namespace) -> int:
 
 def cmd_models_rollback(args: argparse.Namespace) -> int:
     from pipeline import registry
+    from pipeline.runner import RunLocked, output_lock
 
     config = _registry_config(args)
     try:
-        restored, new = registry.rollback(config.output.metadata_path, config.name, config.serving_model_dir, args.to)
-    except (ValueError, FileNotFoundError) as err:
+        with output_lock(Path(config.output.metadata_path).parent):
+            restored, new = registry.rollback(
+                config.output.metadata_path, config.name, config.serving_model_dir, args.to
+            )
+    except (ValueError, FileNotFoundError, RunLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     print(f"rolled back: version {restored} is served again as version {new} ({config.serving_model_dir}/{new})")

@@ -34,6 +34,20 @@ def training_fingerprint(saved_model_dir: str | Path) -> Optional[str]:
     return json.loads(record.read_text()).get("fingerprint")
 
 
+def remove_stale_staging(model_dir: Path, older_than_seconds: float = 3600.0) -> list[str]:
+    """Removes staging directories a killed publisher left behind (TF Serving never loads them).
+
+    Only ones older than an hour go: a publish in flight elsewhere is never that slow.
+    """
+    removed = []
+    cutoff = time.time() - older_than_seconds
+    for path in model_dir.iterdir():
+        if path.name.startswith(STAGING_PREFIX) and path.is_dir() and path.stat().st_mtime < cutoff:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
+
+
 def publish(
     saved_model_dir: str | Path,
     model_dir: str | Path,
@@ -66,6 +80,7 @@ def publish(
         raise FileNotFoundError(f"{source} holds no saved_model.pb; nothing to publish")
     target_root = Path(model_dir)
     target_root.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(target_root)
     staging = target_root / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
     try:
         shutil.copytree(source, staging)

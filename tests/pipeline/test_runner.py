@@ -46,3 +46,12 @@ def test_run_refuses_training_data_without_the_label(tmp_path, capsys):
     assert main(["run", "--data-root", str(data), "--output-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "d.csv, line 1: has no 'big_tipper' column" in err and "config key 'label'" in err
+
+
+def test_an_output_directory_that_cannot_be_written_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    assert main(["run", "--span", "1", "--output-dir", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "error: [Errno 20] Not a directory" in err and str(blocker) in err
+    assert blocker.read_text() == "not a directory"
