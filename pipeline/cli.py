@@ -333,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run id, as `conveyor runs list` prints it")
     p.set_defaults(func=cmd_runs_show)
 
+    from pipeline import serving
+
+    serve = sub.add_parser("serve", help="a local server with TF Serving's REST API over the pushed models")
+    serving.add_arguments(serve)
+    serve.set_defaults(func=serving.main)
+
     from kubeflow import kubeflow_runner
 
     compile_ = sub.add_parser("compile", help="compile the pipeline for Kubeflow Pipelines (KFP v2 YAML)")

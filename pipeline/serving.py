@@ -22,13 +22,14 @@ import re
 import sys
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from tensorflow_metadata.proto.v0 import schema_pb2
 
 from components.pusher.publish import SCHEMA_FILE, list_versions
 
@@ -90,6 +91,9 @@ class LoadedVersion:
     signature_defs: dict
     # The curated schema shipped in assets.extra/, or None: then only serialized tf.Examples are accepted.
     schema: Optional[Any]
+    # From the schema, computed once: every feature's type, and the features not sent at serving time.
+    feature_types: Mapping[str, int] = field(default_factory=dict)
+    excluded: frozenset[str] = frozenset()
 
     def example_from_features(self, values: Mapping[str, Any]) -> bytes:
         """Serializes one instance given as plain feature values into the tf.Example the signature parses.
@@ -108,36 +112,40 @@ class LoadedVersion:
                 f"{self.name} version {self.version} has no assets.extra/{SCHEMA_FILE}, so it takes serialized "
                 'tf.Examples only ({"b64": "<base64>"}), not plain feature values'
             )
-        known = {feature.name: feature for feature in self.schema.feature}
-        excluded = {name for name, feature in known.items() if not _in_environment(feature, self.schema)}
-        unknown = sorted(set(values) - set(known))
+        unknown = sorted(name for name in values if name not in self.feature_types)
         if unknown:
+            served = sorted(set(self.feature_types) - self.excluded)
             raise _invalid(
                 f"unknown feature(s) {', '.join(repr(n) for n in unknown)}: not in the schema of {self.name} "
-                f"version {self.version}, whose serving features are {', '.join(sorted(set(known) - excluded))}"
+                f"version {self.version}, whose serving features are {', '.join(served)}"
             )
         clean = {
-            name: _feature_values(name, raw, known[name].type) for name, raw in values.items() if name not in excluded
+            name: _feature_values(name, raw, self.feature_types[name])
+            for name, raw in values.items()
+            if name not in self.excluded
         }
         try:
-            return to_example(clean, self.schema, skip=excluded).SerializeToString()
+            return to_example(clean, self.schema, skip=self.excluded).SerializeToString()
         except ValueError as err:
             raise _invalid(str(err)) from None
 
 
-def _in_environment(feature: Any, schema: Any, environment: str = SERVING_ENVIRONMENT) -> bool:
-    """TFMD's rule: a feature's in_environment wins, then its not_in_environment, then the schema default."""
-    if feature.in_environment:
-        return environment in feature.in_environment
-    if environment in feature.not_in_environment:
-        return False
-    return not schema.default_environment or environment in schema.default_environment
+def not_served(schema: Any) -> set[str]:
+    """The schema's features absent from the SERVING environment (the label), by TFMD's rule: a feature's
+    in_environment wins, then its not_in_environment, then the schema's default_environment."""
+
+    def served(feature: Any) -> bool:
+        if feature.in_environment:
+            return SERVING_ENVIRONMENT in feature.in_environment
+        if SERVING_ENVIRONMENT in feature.not_in_environment:
+            return False
+        return not schema.default_environment or SERVING_ENVIRONMENT in schema.default_environment
+
+    return {feature.name for feature in schema.feature if not served(feature)}
 
 
 def _feature_values(name: str, raw: Any, feature_type: int) -> list:
     """The values of one feature, checked against its schema type as TF Serving checks JSON against a dtype."""
-    from tensorflow_metadata.proto.v0 import schema_pb2
-
     items = raw if isinstance(raw, list) else [raw]
     values = []
     for item in items:
@@ -186,7 +194,6 @@ def load_version(name: str, version: int, path: str | Path) -> LoadedVersion:
     """
     import tensorflow as tf
     from google.protobuf import text_format
-    from tensorflow_metadata.proto.v0 import schema_pb2
 
     path = Path(path)
     model = tf.saved_model.load(str(path), tags=[SERVE_TAG])
@@ -202,6 +209,8 @@ def load_version(name: str, version: int, path: str | Path) -> LoadedVersion:
         signatures=dict(model.signatures),
         signature_defs=_signature_def_map(path),
         schema=schema,
+        feature_types={feature.name: feature.type for feature in schema.feature} if schema else {},
+        excluded=frozenset(not_served(schema)) if schema else frozenset(),
     )
 
 
@@ -656,6 +665,9 @@ class _Handler(BaseHTTPRequestHandler):
     # Keep-alive, as TF Serving: a client that reuses its connection pays for TCP set-up once.
     protocol_version = "HTTP/1.1"
     server_version = "conveyor-serve"
+    # Headers and body go out in two writes; with Nagle's algorithm the body would wait for the client's
+    # delayed ACK of the headers, some 40 ms on Linux, on every keep-alive request.
+    disable_nagle_algorithm = True
     server: _HTTPServer
 
     def do_GET(self) -> None:
@@ -771,6 +783,7 @@ class ModelServer:
 
     @property
     def url(self) -> str:
+        """The base URL, e.g. http://127.0.0.1:8501."""
         return f"http://{self.host}:{self.port}"
 
     def served(self) -> dict[str, list[int]]:
@@ -822,6 +835,7 @@ def describe(served: Mapping[str, list[int]]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds `conveyor serve`'s flags to `parser`."""
     parser.add_argument(
         "--output-dir",
         default=DEFAULT_OUTPUT_DIR,

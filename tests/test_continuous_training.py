@@ -48,7 +48,9 @@ def span_runs(tmp_path_factory):
 
     def config(span=None, **changes):
         base = load_config(TAXI_CONFIG, output_dir=out, data_root=root, span=span)
-        return base.replace(training=TrainingConfig(train_steps=80, eval_steps=5), evaluation=evaluation, **changes)
+        return base.replace(
+            **{"training": TrainingConfig(train_steps=80, eval_steps=5), "evaluation": evaluation, **changes}
+        )
 
     results = {"a": run_local(config(span=1), io.StringIO(), logs)}
     results["versions_a"] = list_versions(config().serving_model_dir)

@@ -324,6 +324,22 @@ def test_new_versions_are_picked_up_and_removed_ones_dropped(served, b64, expect
         assert answer["model_spec"]["version"] == str(old)
 
 
+def test_a_version_that_does_not_load_is_reported_and_the_others_still_served(served, b64, expected, tmp_path):
+    root = tmp_path / "serving_model"
+    shutil.copytree(served.root, root)
+    broken = root / served.name / str(served.version + 1)
+    broken.mkdir()
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    with ModelServer(root, "127.0.0.1", 0, poll_seconds=POLL_SECONDS) as server:
+        status, answer = _call(server, "GET", f"/v1/models/{served.name}")
+        assert status == 200, answer
+        states = {entry["version"]: entry for entry in answer["model_version_status"]}
+        assert states[str(served.version)]["state"] == "AVAILABLE"
+        assert states[str(served.version + 1)]["state"] == "END"
+        assert states[str(served.version + 1)]["status"]["error_code"] != "OK"
+        assert np.allclose(_predict(server, {"instances": b64})["predictions"], expected, atol=1e-6)
+
+
 def test_a_reader_never_sees_a_partial_or_repeated_version_during_rapid_pushes(served, tmp_path):
     model_dir = tmp_path / "serving_model" / served.name
     pushes = 20
