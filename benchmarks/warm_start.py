@@ -19,8 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from pipeline.cli import prepare_environment  # light: sets TF_USE_LEGACY_KERAS before TF loads
+
+prepare_environment()
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

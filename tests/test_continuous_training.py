@@ -11,7 +11,7 @@ from components.pusher.publish import list_versions, publish
 from pipeline import registry
 from pipeline.cli import main
 from pipeline.config import EvaluationConfig, ModelConfig, ThresholdConfig, TrainingConfig, load_config
-from pipeline.lineage import open_store, pipeline_runs, run_executions
+from pipeline.lineage import int_property, open_store, pipeline_runs, run_executions
 from pipeline.runner import run_local
 from tests.conftest import PROJECT_ROOT, TAXI_CONFIG, write_csv
 
@@ -89,8 +89,8 @@ def test_second_span_warm_starts_from_the_served_model_and_is_compared_with_it(s
     assert [m.id for m in b["Trainer"].inputs["base_model"]] == [model_a.id]
     assert [m.id for m in b["Evaluator"].inputs["baseline_model"]] == [model_a.id]
     # The window: Transform (and so Trainer) saw spans 1 and 2; the Evaluator only span 2.
-    assert sorted(e.properties["span"].int_value for e in b["Transform"].inputs["examples"]) == [1, 2]
-    assert [e.properties["span"].int_value for e in b["Evaluator"].inputs["examples"]] == [2]
+    assert sorted(int_property(e, "span") for e in b["Transform"].inputs["examples"]) == [1, 2]
+    assert [int_property(e, "span") for e in b["Evaluator"].inputs["examples"]] == [2]
     summary = span_runs["b"].summary
     assert summary.span == 2
     version_a = span_runs["versions_a"][0]
