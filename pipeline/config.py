@@ -134,6 +134,7 @@ class PipelineConfig:
     keep_versions: int = 5
     # Spans: `span_pattern` is set when the data root holds span-<N>/ directories; `span` picks one
     # (None: the newest); `window` trains on the last K spans and evaluates on the newest.
+    serving_data_root: Optional[str] = None
     span_pattern: Optional[str] = None
     span: Optional[int] = None
     window: int = 1
@@ -352,7 +353,12 @@ def parse_config(
         if not _NAME_RE.match(name):
             raise ConfigError("name", f"'{name}' must be lower-case letters, digits and '-' (KFP-safe)")
         base = Path(base_dir)
-        _check_keys(raw["data"], {"root", "window"}, {"root"}, "data.")
+        _check_keys(raw["data"], {"root", "window", "serving_root"}, {"root"}, "data.")
+        serving_root = None
+        if raw["data"].get("serving_root"):
+            serving_root = base / _typed(raw["data"]["serving_root"], str, "data.serving_root")
+            if not serving_root.is_dir():
+                raise ConfigError("data.serving_root", f"serving data directory {serving_root} does not exist")
         root = Path(data_root) if data_root is not None else base / _typed(raw["data"]["root"], str, "data.root")
         if not root.exists():
             raise ConfigError("data.root", f"data directory {root} does not exist")
@@ -392,6 +398,7 @@ def parse_config(
             model_name=model_name,
             output=output,
             keep_versions=keep_versions,
+            serving_data_root=str(serving_root.resolve()) if serving_root else None,
             span_pattern=SPAN_PATTERN if spans else None,
             window=window,
             model=_parse_model(raw.get("model", {}) or {}),

@@ -80,6 +80,22 @@ def _example_gen(config: PipelineConfig) -> tfx.components.CsvExampleGen:
     )
 
 
+def _serving_statistics(config: PipelineConfig) -> tuple[list, object]:
+    """With `data.serving_root`, statistics of the serving data for the gate's skew check."""
+    if not config.serving_data_root:
+        return [], None
+    serving_example_gen = tfx.components.CsvExampleGen(
+        input_base=config.serving_data_root,
+        output_config=tfx.proto.Output(
+            split_config=tfx.proto.SplitConfig(splits=[tfx.proto.SplitConfig.Split(name="serving", hash_buckets=1)])
+        ),
+    ).with_id("serving_example_gen")
+    serving_statistics_gen = tfx.components.StatisticsGen(examples=serving_example_gen.outputs["examples"]).with_id(
+        "serving_statistics_gen"
+    )
+    return [serving_example_gen, serving_statistics_gen], serving_statistics_gen.outputs["statistics"]
+
+
 def _training_examples(config: PipelineConfig, example_gen) -> tuple:
     """This span's examples, or with `data.window: K` the last K spans ingested (this one included),
     gathered by a span-range resolver after ExampleGen has run. Evaluation stays on this span."""
@@ -121,11 +137,13 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=import_schema_gen.outputs["schema"]
     )
+    serving_nodes, serving_statistics = _serving_statistics(config)
     data_gate = DataGate(
         anomalies=example_validator.outputs["anomalies"],
         statistics=statistics_gen.outputs["statistics"],
         schema=import_schema_gen.outputs["schema"],
         previous_statistics=previous_statistics_resolver.outputs["statistics"],
+        **({"serving_statistics": serving_statistics} if serving_statistics is not None else {}),
     )
     component_config = config.component_config()
     training_examples, window_nodes = _training_examples(config, example_gen)
@@ -173,6 +191,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         pipeline_root=config.output.pipeline_root,
         components=[
             example_gen,
+            *serving_nodes,
             previous_statistics_resolver,
             statistics_gen,
             schema_gen,

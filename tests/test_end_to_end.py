@@ -138,9 +138,15 @@ def gate_runs(two_runs, e2e_config, tmp_path_factory):
     for name, column, rewrite in (
         ("drifted", "payment_type", lambda n, v: "Cash"),
         ("bad_type", "fare", lambda n, v: "twelve dollars" if n % 7 == 0 else v),
+        ("skewed_serving", "payment_type", lambda n, v: "Cash"),
     ):
         before = _serving_snapshot(e2e_config)
-        config = e2e_config.replace(data_root=str(_variant(tmp_path_factory, name, column, rewrite)))
+        if name == "skewed_serving":
+            # Training data as in the good runs; the serving data given beside it is all cash.
+            serving = _variant(tmp_path_factory, name, column, rewrite)
+            config = e2e_config.replace(serving_data_root=str(serving))
+        else:
+            config = e2e_config.replace(data_root=str(_variant(tmp_path_factory, name, column, rewrite)))
         with pytest.raises(ComponentFailed) as err:
             run_local(config, io.StringIO(), log_dir)
         store = open_store(e2e_config.output.metadata_path)
@@ -154,6 +160,7 @@ def gate_runs(two_runs, e2e_config, tmp_path_factory):
     [
         ("drifted", ["payment_type", "High Linfty distance between current and previous", "vs previous run"]),
         ("bad_type", ["fare", "Unexpected data type"]),
+        ("skewed_serving", ["payment_type", "Linfty distance between training and serving", "vs serving"]),
     ],
 )
 def test_data_gate_stops_the_run_before_transform_and_keeps_served_models(gate_runs, case, words):

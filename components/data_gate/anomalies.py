@@ -51,6 +51,19 @@ def drift(current, previous, schema, split: str) -> list[Anomaly]:
     return [a for a in found if "between current and previous" in a.description]
 
 
+def skew(training, serving, schema, split: str) -> list[Anomaly]:
+    """Training/serving skew under the schema's skew comparators, plus serving data's own violations
+    of the schema's SERVING environment (where the label is absent and never flagged)."""
+    import tensorflow_data_validation as tfdv
+
+    found = from_proto(split, tfdv.validate_statistics(training, schema, serving_statistics=serving))
+    skewed = [a for a in found if "between training and serving" in a.description]
+    serving_only = from_proto(
+        f"{split}: serving data", tfdv.validate_statistics(serving, schema, environment="SERVING")
+    )
+    return skewed + serving_only
+
+
 def read_artifact(uri: str, split_names: str) -> list[Anomaly]:
     """The anomalies an ExampleValidator wrote, for every split.
 

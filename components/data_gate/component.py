@@ -12,9 +12,10 @@ import tensorflow_data_validation as tfdv
 from tfx import v1 as tfx
 from tfx.types.standard_artifacts import ExampleAnomalies, ExampleStatistics, Schema
 
-from components.data_gate.anomalies import DataGateError, drift, message, read_artifact
+from components.data_gate.anomalies import DataGateError, drift, message, read_artifact, skew
 
 TRAINING_SPLIT = "train"
+SERVING_SPLIT = "serving"
 
 
 def _split_stats(artifact: ExampleStatistics, split: str):
@@ -28,14 +29,21 @@ def DataGate(
     statistics: tfx.dsl.components.InputArtifact[ExampleStatistics],
     schema: tfx.dsl.components.InputArtifact[Schema],
     previous_statistics: tfx.dsl.components.InputArtifact[ExampleStatistics] = None,
+    serving_statistics: tfx.dsl.components.InputArtifact[ExampleStatistics] = None,
 ) -> None:
-    """Raises DataGateError listing every anomaly: ExampleValidator's, plus drift of the training
-    split against the previous run's statistics under the schema's drift comparators."""
+    """Raises DataGateError listing every anomaly: ExampleValidator's, drift of the training split
+    against the previous run's statistics under the schema's drift comparators, and, when serving
+    data is given, training/serving skew under its skew comparators."""
     found = read_artifact(anomalies.uri, anomalies.split_names)
+    curated = tfdv.load_schema_text(os.path.join(schema.uri, "schema.pbtxt"))
+    if serving_statistics is not None:
+        current = _split_stats(statistics, TRAINING_SPLIT)
+        served = _split_stats(serving_statistics, SERVING_SPLIT)
+        if current is not None and served is not None:
+            found += skew(current, served, curated, f"{TRAINING_SPLIT} vs serving")
     if previous_statistics is not None and previous_statistics.uri != statistics.uri:
         current, previous = _split_stats(statistics, TRAINING_SPLIT), _split_stats(previous_statistics, TRAINING_SPLIT)
         if current is not None and previous is not None:
-            curated = tfdv.load_schema_text(os.path.join(schema.uri, "schema.pbtxt"))
             found += drift(current, previous, curated, f"{TRAINING_SPLIT} vs previous run")
     if found:
         raise DataGateError(message(found, "Data gate"))

@@ -111,3 +111,36 @@ def test_drift_beyond_the_threshold_is_flagged(tmp_path, taxi):
     assert [a.feature for a in found] == ["payment_type"]
     assert "Linfty distance" in found[0].description
     assert drift(before, before, schema, "train") == []
+
+
+def test_training_serving_skew_is_flagged_and_serving_data_never_lacks_its_label(tmp_path, taxi):
+    import tensorflow_data_validation as tfdv
+
+    from components.data_gate.anomalies import skew
+
+    header, rows = taxi
+    keep = [n for n, name in enumerate(header) if name not in ("big_tipper", "tips")]
+    serving_header = [header[n] for n in keep]
+    i = serving_header.index("payment_type")
+    serving_rows = [[r[n] for n in keep] for r in rows]
+    skewed_rows = [r[:i] + ["Cash"] + r[i + 1 :] for r in serving_rows]
+    training = csv_statistics(read_csv_input(write_csv(tmp_path / "t" / "d.csv", header, rows)))
+    same = csv_statistics(read_csv_input(write_csv(tmp_path / "s" / "d.csv", serving_header, serving_rows)))
+    skewed = csv_statistics(read_csv_input(write_csv(tmp_path / "k" / "d.csv", serving_header, skewed_rows)))
+    schema = tfdv.load_schema_text(CONFIG.schema_path)
+    assert skew(training, same, schema, "train") == []
+    found = skew(training, skewed, schema, "train")
+    assert [a.feature for a in found] == ["payment_type"]
+    assert "Linfty distance between training and serving" in found[0].description
+
+
+def test_serving_data_adds_serving_statistics_to_the_gate(tmp_path, taxi):
+    from pipeline.pipeline import create_pipeline
+
+    write_csv(tmp_path / "serving" / "d.csv", *taxi)
+    config = CONFIG.replace(serving_data_root=str(tmp_path / "serving"))
+    nodes = {n.id: n for n in create_pipeline(config).components}
+    assert {"serving_example_gen", "serving_statistics_gen"} <= set(nodes)
+    gate_inputs = nodes["DataGate"].inputs
+    assert gate_inputs["serving_statistics"].producer_component_id == "serving_statistics_gen"
+    assert "serving_example_gen" not in {n.id for n in create_pipeline(CONFIG).components}
