@@ -1,4 +1,4 @@
-"""The `conveyor` command line: `conveyor run` and the subcommands later work adds."""
+"""The `conveyor` command line: run, data check, schema diff/approve, models, runs, serve, compile."""
 
 from __future__ import annotations
 
@@ -350,7 +350,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     prepare_environment()
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from pipeline.config import ConfigError
+
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError) as err:
+        # A bad config or a missing file (e.g. no ML Metadata yet) is the user's to fix: one line.
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

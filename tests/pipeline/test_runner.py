@@ -55,3 +55,9 @@ def test_an_output_directory_that_cannot_be_written_is_refused(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "error: [Errno 20] Not a directory" in err and str(blocker) in err
     assert blocker.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize("command", [["models", "list"], ["runs", "list"], ["models", "show", "1"]])
+def test_registry_commands_before_any_run_say_so(tmp_path, capsys, command):
+    assert main([*command, "--output-dir", str(tmp_path / "nothing")]) == 2
+    assert "no ML Metadata at" in capsys.readouterr().err
