@@ -36,13 +36,15 @@ LocalDagRunner().run(t._create_pipeline(
     pipeline_name="chicago_taxi_native_keras", pipeline_root=os.path.join(root, "pipeline_root"),
     data_root=t._data_root, module_file=t._module_file, serving_model_dir=os.path.join(root, "serving_model"),
     metadata_path=os.path.join(root, "metadata.db"), beam_pipeline_args=t._beam_pipeline_args))
-print("MAXRSS", max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+usage = [resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+print("MAXRSS", max(usage))
 """
 _OURS = """
 import resource, sys
 from pipeline.cli import main
 code = main(["run", "--data-root", sys.argv[2], "--output-dir", sys.argv[1]])
-print("MAXRSS", max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+usage = [resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+print("MAXRSS", max(usage))
 sys.exit(code)
 """
 
