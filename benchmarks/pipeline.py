@@ -105,9 +105,7 @@ def main(argv=None) -> int:
 
     ref, ours = statistics.median(ref_times), statistics.median(our_times)
     print()
-    print(
-        f"machine: {os.cpu_count()} cores, {platform.machine()}, {platform.platform()}, Python {platform.python_version()}"
-    )
+    print(f"machine: {os.cpu_count()} cores, {platform.machine()}, {platform.platform()}")
     print(f"date: {dt.date.today()}; rounds: {args.rounds}; medians")
     print("| | TFX taxi example | conveyor | ratio |")
     print("|---|---:|---:|---:|")
