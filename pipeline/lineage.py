@@ -112,15 +112,48 @@ def int_property(artifact: metadata_store_pb2.Artifact, name: str) -> Optional[i
     return int(value) if value is not None else None
 
 
+def example_spans(store: metadata_store.MetadataStore, artifact: metadata_store_pb2.Artifact, depth: int = 3) -> list[int]:
+    """The data spans behind an Examples artifact, oldest first.
+
+    ExampleGen records the span on its output; Transform's transformed examples carry none, so
+    for those the spans come from the `examples` the producing execution read.
+    """
+    span = int_property(artifact, "span")
+    if span is not None or depth == 0:
+        return [span] if span is not None else []
+    producers = [
+        ev.execution_id
+        for ev in store.get_events_by_artifact_ids([artifact.id])
+        if ev.type == metadata_store_pb2.Event.OUTPUT
+    ]
+    spans: set[int] = set()
+    for ev in store.get_events_by_execution_ids(producers) if producers else []:
+        if ev.type == metadata_store_pb2.Event.INPUT and ev.path.steps and ev.path.steps[0].key == "examples":
+            for upstream in store.get_artifacts_by_id([ev.artifact_id]):
+                spans.update(example_spans(store, upstream, depth - 1))
+    return sorted(spans)
+
+
+def format_spans(spans: list[int]) -> str:
+    """[1] -> "span 1", [1, 2] -> "spans 1-2", [] -> "span ?"."""
+    if not spans:
+        return "span ?"
+    if len(spans) == 1:
+        return f"span {spans[0]}"
+    if spans == list(range(spans[0], spans[-1] + 1)):
+        return f"spans {spans[0]}-{spans[-1]}"
+    return "spans " + ", ".join(str(s) for s in spans)
+
+
 def model_origin(
     store: metadata_store.MetadataStore, model_id: int, pipeline_name: str
-) -> tuple[Optional[str], Optional[int]]:
-    """The serving version a Model artifact was pushed as, and the span it was trained on.
+) -> tuple[Optional[str], list[int]]:
+    """The serving version a Model artifact was pushed as, and the spans it was trained on.
 
     Returns:
-      (version or None when it was never pushed, span or None when unknown).
+      (version or None when it was never pushed, the training spans, empty when unknown).
     """
-    version, span = None, None
+    version, spans = None, []
     events = store.get_events_by_artifact_ids([model_id])
     for ev in events:
         execution_id = ev.execution_id
@@ -142,5 +175,5 @@ def model_origin(
                 if e.type == metadata_store_pb2.Event.INPUT and e.path.steps and e.path.steps[0].key == "examples"
             ]
             for examples in store.get_artifacts_by_id([e.artifact_id for e in inputs]):
-                span = int_property(examples, "span")
-    return version, span
+                spans = sorted(set(spans) | set(example_spans(store, examples)))
+    return version, spans

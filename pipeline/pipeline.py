@@ -152,6 +152,10 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         schema=import_schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
         custom_config=component_config,
+        # StatisticsGen and the data gate already cover the raw data; Transform's own pre- and
+        # post-transform statistics would be two more full passes nobody reads.
+        disable_statistics=True,
+        force_tf_compat_v1=True,
     )
     transform.add_upstream_node(data_gate)
     latest_blessed_model_resolver = tfx.dsl.Resolver(

@@ -11,7 +11,7 @@ import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
 
 from components.data_gate.anomalies import by_split, read_artifact
-from pipeline.lineage import NodeExecution, custom_property, int_property, model_origin
+from pipeline.lineage import NodeExecution, custom_property, format_spans, int_property, model_origin
 
 TRAINING_RECORD = os.path.join("assets.extra", "conveyor_training.json")
 
@@ -153,8 +153,8 @@ def _training(trainer: NodeExecution, store, pipeline_name: str) -> str:
     base = (trainer.inputs.get("base_model") or [None])[0]
     origin = "the latest blessed model"
     if base is not None and store is not None:
-        version, span = model_origin(store, base.id, pipeline_name)
-        origin = f"version {version or '(not pushed)'} (span {span if span is not None else '?'})"
+        version, spans = model_origin(store, base.id, pipeline_name)
+        origin = f"version {version or '(not pushed)'} ({format_spans(spans)})"
     if record.get("reused_from"):
         return f"inputs unchanged since {origin}: reused it without training"
     start = record.get("warm_start", {})
