@@ -112,7 +112,9 @@ def int_property(artifact: metadata_store_pb2.Artifact, name: str) -> Optional[i
     return int(value) if value is not None else None
 
 
-def example_spans(store: metadata_store.MetadataStore, artifact: metadata_store_pb2.Artifact, depth: int = 3) -> list[int]:
+def example_spans(
+    store: metadata_store.MetadataStore, artifact: metadata_store_pb2.Artifact, depth: int = 3
+) -> list[int]:
     """The data spans behind an Examples artifact, oldest first.
 
     ExampleGen records the span on its output; Transform's transformed examples carry none, so
