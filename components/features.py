@@ -7,6 +7,11 @@ import tensorflow as tf
 from pipeline.config import FeatureConfig
 
 LABEL_SUFFIX = "_xf"
+# The serving output TFMA evaluates, by task. Classification also returns `scores` and `classes`
+# (a row of class names per example): TF Serving's classify convention, which TFMA reads too.
+PREDICTION_KEY = {"binary": "probabilities", "multiclass": "scores", "regression": "value"}
+# The model's signature from raw examples (label included) to the transformed features.
+TRANSFORM_SIGNATURE = "transform_features"
 MISSING_SUFFIX = "_missing"
 
 

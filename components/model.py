@@ -16,19 +16,30 @@ import tf_keras as keras
 from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
-from components.features import missing_indicator_name, transformed_label
+from components.features import PREDICTION_KEY, TRANSFORM_SIGNATURE, missing_indicator_name, transformed_label
 from components.pusher.publish import TRAINING_RECORD, training_fingerprint
-from pipeline.config import FeatureConfig, ModelConfig, features_from_component_config
+from pipeline.config import FeatureConfig, ModelConfig, features_from_component_config, task_from_component_config
 
 SERVING_INPUT = "examples"
-SERVING_OUTPUT = "probabilities"
+SERVING_OUTPUT = PREDICTION_KEY["binary"]
+LABEL_STATS_BATCHES = 200
 
 log = logging.getLogger(__name__)
 
 
-def build_model(features: tuple[FeatureConfig, ...], model: ModelConfig) -> keras.Model:
+def build_model(
+    features: tuple[FeatureConfig, ...],
+    model: ModelConfig,
+    task: str = "binary",
+    num_classes: int = 2,
+    label_stats: tuple[float, float] = (0.0, 1.0),
+) -> keras.Model:
     """A feed-forward network over the transformed features: embeddings for categorical inputs,
-    z-scores and missing flags for numeric ones, then dense layers to one sigmoid output.
+    z-scores and missing flags for numeric ones, then dense layers to the task's head.
+
+    Heads: binary, one sigmoid probability of the positive class; multiclass, a softmax over
+    `num_classes`; regression, one linear unit rescaled by the label's (mean, std) so the network
+    learns in z-units and predicts in the label's own.
 
     Layer names derive from feature names, so a warm start can match layers across versions.
     """
@@ -46,12 +57,19 @@ def build_model(features: tuple[FeatureConfig, ...], model: ModelConfig) -> kera
     x = keras.layers.Concatenate(name="concat")(parts) if len(parts) > 1 else parts[0]
     for i, units in enumerate(model.hidden_units):
         x = keras.layers.Dense(units, activation="relu", name=f"dense_{i}")(x)
-    output = keras.layers.Dense(1, activation="sigmoid", name="output")(x)
+    if task == "multiclass":
+        output = keras.layers.Dense(num_classes, activation="softmax", name="output")(x)
+        loss = keras.losses.SparseCategoricalCrossentropy()
+    elif task == "regression":
+        mean, std = label_stats
+        z = keras.layers.Dense(1, name="output")(x)
+        output = keras.layers.Rescaling(scale=std, offset=mean, name="label_scale")(z)
+        loss = keras.losses.Huber(delta=std)
+    else:
+        output = keras.layers.Dense(1, activation="sigmoid", name="output")(x)
+        loss = keras.losses.BinaryCrossentropy()
     net = keras.Model(inputs=inputs, outputs=output)
-    net.compile(
-        optimizer=keras.optimizers.Adam(model.learning_rate),
-        loss=keras.losses.BinaryCrossentropy(),
-    )
+    net.compile(optimizer=keras.optimizers.Adam(model.learning_rate), loss=loss)
     # The steps have no data-dependent Python control flow, so AutoGraph has nothing to convert;
     # letting it transpile Keras' internals costs ~15 s per training run (see README, Performance).
     for step in ("train_step", "test_step", "predict_step"):
@@ -66,13 +84,33 @@ def input_fn(
     label: str,
     batch_size: int,
     seed: int,
+    repeat: bool = True,
 ) -> tf.data.Dataset:
-    """Batches of (transformed features, label) from the transformed examples, repeated forever."""
+    """Batches of (transformed features, label) from the transformed examples, repeated forever
+    unless `repeat` is False (one pass)."""
     return data_accessor.tf_dataset_factory(
         file_pattern,
-        tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=transformed_label(label), shuffle_seed=seed),
+        tfxio.TensorFlowDatasetOptions(
+            batch_size=batch_size,
+            label_key=transformed_label(label),
+            shuffle_seed=seed,
+            num_epochs=None if repeat else 1,
+        ),
         tf_transform_output.transformed_metadata.schema,
-    ).repeat()
+    )
+
+
+def label_stats(dataset: tf.data.Dataset, max_batches: int = LABEL_STATS_BATCHES) -> tuple[float, float]:
+    """Mean and standard deviation of a regression label over (up to `max_batches` of) one pass."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for _, y in dataset.take(max_batches):
+        values = tf.reshape(tf.cast(y, tf.float64), [-1]).numpy()
+        total, total_sq, count = total + values.sum(), total_sq + (values**2).sum(), count + values.size
+    if count == 0:
+        return 0.0, 1.0
+    mean = total / count
+    std = max((total_sq / count - mean**2), 0.0) ** 0.5
+    return float(mean), float(std) if std > 1e-9 else 1.0
 
 
 @dataclass(frozen=True)
@@ -187,18 +225,46 @@ def _remap_rows(old: Any, new: Any, old_vocab: list[str], new_vocab: list[str], 
     return out
 
 
-def _serving_signature(net: keras.Model, tf_transform_output: tft.TFTransformOutput, label: str, names: list[str]):
+def _serving_signature(
+    net: keras.Model,
+    tf_transform_output: tft.TFTransformOutput,
+    names: list[str],
+    task: str,
+    classes: tuple[str, ...],
+):
+    """serving_default: serialized raw tf.Examples in, the task's outputs out (see PREDICTION_KEY)."""
     net.tft_layer = tf_transform_output.transform_features_layer()
     raw_spec = tf_transform_output.raw_feature_spec()
     spec = {name: raw_spec[name] for name in names}
+    class_names = tf.constant(list(classes), dtype=tf.string)
 
     @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name=SERVING_INPUT)], autograph=False)
     def serve(examples: tf.Tensor) -> dict[str, tf.Tensor]:
         parsed = tf.io.parse_example(examples, spec)
-        transformed = net.tft_layer(parsed)
-        return {SERVING_OUTPUT: net(transformed)}
+        predicted = net(net.tft_layer(parsed))
+        if task == "regression":
+            return {PREDICTION_KEY["regression"]: predicted}
+        scores = tf.concat([1.0 - predicted, predicted], axis=1) if task == "binary" else predicted
+        out = {"scores": scores, "classes": tf.tile(class_names[tf.newaxis, :], [tf.shape(scores)[0], 1])}
+        if task == "binary":
+            out[SERVING_OUTPUT] = predicted
+        return out
 
     return serve
+
+
+def _transform_signature(net: keras.Model, tf_transform_output: tft.TFTransformOutput):
+    """transform_features: serialized raw examples (label included) to the transformed features.
+
+    TFMA runs it (ModelSpec.preprocessing_function_names) to read the transformed label, the class
+    index for classification, whatever the raw label's type."""
+    raw_spec = tf_transform_output.raw_feature_spec()
+
+    @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name=SERVING_INPUT)], autograph=False)
+    def transform_features(examples: tf.Tensor) -> dict[str, tf.Tensor]:
+        return net.tft_layer(tf.io.parse_example(examples, raw_spec))
+
+    return transform_features
 
 
 def _vocabularies(tf_transform_output: tft.TFTransformOutput, features: tuple[FeatureConfig, ...]) -> dict:
@@ -273,7 +339,21 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         model_config.seed,
     )
 
-    net = build_model(features, model_config)
+    task, classes = task_from_component_config(fn_args.custom_config)
+    stats = (0.0, 1.0)
+    if task == "regression":
+        one_pass = input_fn(
+            fn_args.train_files,
+            fn_args.data_accessor,
+            tf_transform_output,
+            label,
+            model_config.batch_size,
+            model_config.seed,
+            repeat=False,
+        )
+        stats = label_stats(one_pass)
+        log.info("regression label %s: mean %.4g, std %.4g", label, *stats)
+    net = build_model(features, model_config, task, len(classes), stats)
     start = warm_start(net, fn_args.base_model, features, vocabularies)
     log.info("%s", start.summary)
     for name, reason in start.fresh:
@@ -290,12 +370,18 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         verbose=0,
     )
 
-    signature = _serving_signature(net, tf_transform_output, label, [f.name for f in features])
-    net.save(fn_args.serving_model_dir, save_format="tf", signatures={"serving_default": signature})
+    signatures = {
+        "serving_default": _serving_signature(net, tf_transform_output, [f.name for f in features], task, classes),
+        TRANSFORM_SIGNATURE: _transform_signature(net, tf_transform_output),
+    }
+    net.save(fn_args.serving_model_dir, save_format="tf", signatures=signatures)
     record = {
         "warm_start": start.as_dict(),
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
         "train_steps": fn_args.train_steps,
+        "task": task,
+        "classes": list(classes),
+        "label_stats": list(stats) if task == "regression" else None,
         "fingerprint": fingerprint,
         "vocabularies": vocabularies,
     }

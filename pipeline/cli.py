@@ -43,7 +43,7 @@ def run_input(config) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError, load_config
-    from pipeline.data_check import DataReadError, read_csv_input, require_label
+    from pipeline.data_check import DataReadError, check_labels, read_csv_input, require_label
     from pipeline.runner import ComponentFailed, RunLocked, run_local
 
     try:
@@ -52,7 +52,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        require_label(read_csv_input(run_input(config)), config.label)
+        csv_input = read_csv_input(run_input(config))
+        require_label(csv_input, config.label)
+        check_labels(csv_input, config.label, config.task, config.classes)
     except DataReadError as err:
         print(f"error: cannot read input: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -75,6 +77,30 @@ def _load(args: argparse.Namespace):
     from pipeline.config import load_config
 
     return load_config(args.config, data_root=getattr(args, "data_root", None))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from pipeline.data_check import DataReadError
+    from pipeline.draft import DraftError, draft
+
+    try:
+        result = draft(args.data, args.label, args.task, args.name, args.out_dir, args.force)
+    except (DataReadError, DraftError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"drafted {result.config_path}")
+    print(f"drafted {result.schema_path}")
+    print(f"  task: {result.task} ({result.task_reason})")
+    for f in result.features:
+        print(f"  feature {f['name']}: {f['kind']}")
+    for column, reason in result.skipped:
+        print(f"  left out {column}: {reason}")
+    print("review both files (feature kinds, classes, thresholds, the schema's domains), then:")
+    shown = result.config_path
+    if shown.is_relative_to(Path.cwd()):
+        shown = shown.relative_to(Path.cwd())
+    print(f"  conveyor run --config {shown}")
+    return EXIT_OK
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
@@ -273,6 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the pipeline locally: ExampleGen through Pusher")
     _add_run_args(run)
     run.set_defaults(func=cmd_run)
+
+    init = sub.add_parser("init", help="draft a dataset config and curated schema from a CSV directory")
+    init.add_argument("--data", required=True, help="directory of CSV files (or of span-<N>/ directories)")
+    init.add_argument("--label", required=True, help="the column to predict")
+    init.add_argument("--task", choices=("binary", "multiclass", "regression"), help="default: inferred from the label")
+    init.add_argument("--name", help="pipeline and model name (default: the data directory's name)")
+    init.add_argument("--out-dir", default=".", help="project directory for configs/ and schema/ (default: .)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing draft")
+    init.set_defaults(func=cmd_init)
 
     data = sub.add_parser("data", help="check data against the curated schema").add_subparsers(
         dest="data_command", required=True

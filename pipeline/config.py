@@ -11,7 +11,24 @@ from typing import Any, Optional
 
 import yaml
 
-FEATURE_KINDS = ("numeric", "categorical_string", "categorical_int", "bucketized")
+FEATURE_KINDS = ("numeric", "categorical_string", "categorical_int", "bucketized", "hashed")
+TASKS = ("binary", "multiclass", "regression")
+# What each task measures when `evaluation.metrics` is not given (TFMA metric class names).
+DEFAULT_METRICS = {
+    "binary": ("AUC", "BinaryAccuracy", "Calibration", "ExampleCount"),
+    "multiclass": ("SparseCategoricalAccuracy", "ExampleCount"),
+    "regression": ("MeanAbsoluteError", "RootMeanSquaredError", "ExampleCount"),
+}
+# Metrics where smaller is better: their thresholds default to direction lower_is_better.
+LOWER_IS_BETTER = frozenset(
+    {
+        "MeanAbsoluteError",
+        "MeanSquaredError",
+        "RootMeanSquaredError",
+        "MeanAbsolutePercentageError",
+        "BinaryCrossentropy",
+    }
+)
 DIRECTIONS = ("higher_is_better", "lower_is_better")
 SPAN_DIR_RE = re.compile(r"^span-(\d+)$")
 SPAN_PATTERN = "span-{SPAN}/*.csv"
@@ -36,7 +53,8 @@ class FeatureConfig:
 
     kind: numeric (z-scored, missing values imputed with the mean plus an is-missing flag),
     categorical_string / categorical_int (vocabulary of the top_k values plus oov_buckets),
-    bucketized (numeric cut into `buckets` quantile buckets).
+    bucketized (numeric cut into `buckets` quantile buckets), hashed (a high-cardinality
+    categorical hashed into `hash_buckets` buckets, no vocabulary).
     """
 
     name: str
@@ -44,6 +62,7 @@ class FeatureConfig:
     top_k: int = 100
     oov_buckets: int = 1
     buckets: int = 10
+    hash_buckets: int = 1000
 
     @property
     def transformed_name(self) -> str:
@@ -54,6 +73,8 @@ class FeatureConfig:
         """Number of distinct indices the transform can emit (fixed, so it is stable across spans)."""
         if self.kind == "bucketized":
             return self.buckets
+        if self.kind == "hashed":
+            return self.hash_buckets
         if self.kind in ("categorical_string", "categorical_int"):
             return self.top_k + self.oov_buckets
         return 0
@@ -88,7 +109,7 @@ class ThresholdConfig:
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    metrics: tuple[str, ...] = ("AUC", "BinaryAccuracy", "ExampleCount")
+    metrics: tuple[str, ...] = DEFAULT_METRICS["binary"]
     thresholds: tuple[ThresholdConfig, ...] = ()
     slices: tuple[tuple[str, ...], ...] = ()
 
@@ -132,6 +153,10 @@ class PipelineConfig:
     model_name: str
     output: OutputConfig
     keep_versions: int = 5
+    # binary, multiclass or regression; `classes` are the label's values in class-index order
+    # (binary: [negative, positive]; ["0", "1"] unless configured).
+    task: str = "binary"
+    classes: tuple[str, ...] = ("0", "1")
     # Spans: `span_pattern` is set when the data root holds span-<N>/ directories; `span` picks one
     # (None: the newest); `window` trains on the last K spans and evaluates on the newest.
     serving_data_root: Optional[str] = None
@@ -153,6 +178,8 @@ class PipelineConfig:
         """What the code inside Transform and Trainer needs, as plain JSON-able values."""
         return {
             "label": self.label,
+            "task": self.task,
+            "classes": list(self.classes),
             "features": [dataclasses.asdict(f) for f in self.features],
             "model": dataclasses.asdict(self.model),
         }
@@ -173,6 +200,13 @@ def features_from_component_config(custom_config: Mapping[str, Any]) -> tuple[st
     """Inverse of `PipelineConfig.component_config` for the label and features."""
     features = tuple(FeatureConfig(**f) for f in custom_config["features"])
     return custom_config["label"], features
+
+
+def task_from_component_config(custom_config: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """The task and the label's classes from `PipelineConfig.component_config` (binary by default)."""
+    task = custom_config.get("task", "binary")
+    classes = tuple(custom_config.get("classes") or (("0", "1") if task == "binary" else ()))
+    return task, classes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +254,9 @@ def _parse_features(raw: Any) -> tuple[FeatureConfig, ...]:
     features, seen = [], set()
     for i, entry in enumerate(raw):
         prefix = f"features[{i}]."
-        _check_keys(entry, {"name", "kind", "top_k", "oov_buckets", "buckets"}, {"name", "kind"}, prefix)
+        _check_keys(
+            entry, {"name", "kind", "top_k", "oov_buckets", "buckets", "hash_buckets"}, {"name", "kind"}, prefix
+        )
         name = _typed(entry["name"], str, prefix + "name")
         if not _FEATURE_RE.match(name):
             raise ConfigError(prefix + "name", f"'{name}' is not a valid column name (letters, digits, _)")
@@ -231,9 +267,9 @@ def _parse_features(raw: Any) -> tuple[FeatureConfig, ...]:
         if kind not in FEATURE_KINDS:
             raise ConfigError(prefix + "kind", f"'{kind}' is not one of {', '.join(FEATURE_KINDS)}")
         kwargs = {}
-        for key in ("top_k", "buckets"):
+        for key in ("top_k", "buckets", "hash_buckets"):
             if key in entry:
-                kwargs[key] = _positive(entry[key], prefix + key, minimum=2 if key == "buckets" else 1)
+                kwargs[key] = _positive(entry[key], prefix + key, minimum=1 if key == "top_k" else 2)
         if "oov_buckets" in entry:
             kwargs["oov_buckets"] = _positive(entry["oov_buckets"], prefix + "oov_buckets", minimum=1)
         features.append(FeatureConfig(name=name, kind=kind, **kwargs))
@@ -269,9 +305,9 @@ def _parse_training(raw: Mapping[str, Any]) -> TrainingConfig:
     )
 
 
-def _parse_evaluation(raw: Mapping[str, Any]) -> EvaluationConfig:
+def _parse_evaluation(raw: Mapping[str, Any], task: str = "binary") -> EvaluationConfig:
     _check_keys(raw, {"metrics", "thresholds", "slices"}, set(), "evaluation.")
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"metrics": DEFAULT_METRICS[task]}
     if "metrics" in raw:
         metrics = _typed(raw["metrics"], list, "evaluation.metrics")
         kwargs["metrics"] = tuple(_typed(m, str, "evaluation.metrics") for m in metrics)
@@ -280,6 +316,8 @@ def _parse_evaluation(raw: Mapping[str, Any]) -> EvaluationConfig:
         prefix = f"evaluation.thresholds[{i}]."
         _check_keys(entry, {f.name for f in dataclasses.fields(ThresholdConfig)}, {"metric"}, prefix)
         t: dict[str, Any] = {"metric": _typed(entry["metric"], str, prefix + "metric")}
+        if t["metric"] in LOWER_IS_BETTER:
+            t["direction"] = "lower_is_better"
         for key in ("lower_bound", "upper_bound"):
             if key in entry:
                 t[key] = _typed(entry[key], float, prefix + key)
@@ -310,8 +348,33 @@ def _parse_kubeflow(raw: Mapping[str, Any]) -> KubeflowConfig:
     return KubeflowConfig(**kwargs)
 
 
+def _parse_task(raw: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """`task` (default binary) and `classes`: the label's values in class-index order, required for
+    multiclass, [negative, positive] for binary (default ["0", "1"]), absent for regression."""
+    task = _typed(raw.get("task", "binary"), str, "task")
+    if task not in TASKS:
+        raise ConfigError("task", f"'{task}' is not one of {', '.join(TASKS)}")
+    if "classes" not in raw:
+        if task == "multiclass":
+            raise ConfigError("classes", "multiclass needs the label's values listed (conveyor init drafts them)")
+        return task, ("0", "1") if task == "binary" else ()
+    if task == "regression":
+        raise ConfigError("classes", "a regression label has no classes; remove the key")
+    values = _typed(raw["classes"], list, "classes")
+    classes = tuple(str(_typed(v, (str, int), "classes")) for v in values)
+    if len(set(classes)) != len(classes):
+        raise ConfigError("classes", f"lists a value twice: {list(classes)}")
+    if task == "binary" and len(classes) != 2:
+        raise ConfigError("classes", f"binary needs exactly [negative, positive], got {list(classes)}")
+    if task == "multiclass" and len(classes) < 2:
+        raise ConfigError("classes", f"multiclass needs at least 2 classes, got {list(classes)}")
+    return task, classes
+
+
 _TOP_KEYS = {
     "name",
+    "task",
+    "classes",
     "data",
     "label",
     "schema",
@@ -370,6 +433,7 @@ def parse_config(
         if not schema_path.is_file():
             raise ConfigError("schema", f"curated schema {schema_path} does not exist")
         label = _typed(raw["label"], str, "label")
+        task, classes = _parse_task(raw)
         features = _parse_features(raw["features"])
         if label in {f.name for f in features}:
             raise ConfigError("label", f"'{label}' is also listed as a feature")
@@ -384,7 +448,7 @@ def parse_config(
         beam = raw.get("beam", {}) or {}
         _check_keys(beam, {"args"}, set(), "beam.")
         beam_args = tuple(_typed(a, str, "beam.args") for a in _typed(beam.get("args", []), list, "beam.args"))
-        evaluation = _parse_evaluation(raw.get("evaluation", {}) or {})
+        evaluation = _parse_evaluation(raw.get("evaluation", {}) or {}, task)
         slice_cols = {c for s in evaluation.slices for c in s}
         unknown = slice_cols - {f.name for f in features}
         if unknown:
@@ -393,6 +457,8 @@ def parse_config(
             name=name,
             data_root=str(root.resolve()),
             label=label,
+            task=task,
+            classes=classes,
             schema_path=str(schema_path.resolve()),
             features=features,
             model_name=model_name,

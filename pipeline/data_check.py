@@ -118,6 +118,47 @@ def require_label(csv_input: CsvInput, label: str) -> None:
         )
 
 
+def check_labels(csv_input: CsvInput, label: str, task: str, classes: Sequence[str]) -> None:
+    """Every training row has a label the task can learn from: one of `classes` for
+    classification, a number for regression.
+
+    Raises:
+      DataReadError: naming the file, the line and the value, and what to do.
+    """
+    known = set(classes)
+    for path in csv_input.files:
+        reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8"), newline=""))
+        column = next(reader).index(label)
+        for row in reader:
+            if not row:
+                continue
+            value = row[column].strip()
+            if not value:
+                raise DataReadError(path, f"has no value in the label column '{label}'", reader.line_num)
+            if task == "regression":
+                try:
+                    float(value)
+                except ValueError:
+                    problem = f"label '{label}' is {value!r}, not a number (config task: regression)"
+                    raise DataReadError(path, problem, reader.line_num) from None
+            elif value not in known and not _same_integer(value, known):
+                raise DataReadError(
+                    path,
+                    f"label '{label}' is {value!r}, not one of the configured classes {sorted(known)}; "
+                    "fix the row, or add the class to `classes` in the config and approve the schema change",
+                    reader.line_num,
+                )
+
+
+def _same_integer(value: str, known: set[str]) -> bool:
+    """'1.0' is class '1' (an integer label written as a float)."""
+    try:
+        number = float(value)
+    except ValueError:
+        return False
+    return number.is_integer() and str(int(number)) in known
+
+
 def csv_statistics(csv_input: CsvInput, beam_args: Sequence[str] = ()):
     """TFDV statistics of the files, computed on Beam from the tf.Examples CsvExampleGen would make.
 

@@ -1,10 +1,11 @@
 """Model cards: one self-contained HTML page (and Markdown) per pushed version, in its assets.extra/.
 
-The card holds the version's full record (pipeline.model_record), the evaluation charts (ROC and
-precision-recall curves, the confusion matrix at the decision threshold, a calibration plot,
-per-slice metric bars with the threshold drawn in) and permutation feature importance on the
-evaluation split. Charts are static PNGs (matplotlib) embedded in the HTML, so it opens offline.
-TF Serving ignores assets.extra/, so writing the card never touches what it serves.
+The card holds the version's full record (pipeline.model_record), the evaluation charts by task
+(binary: ROC and precision-recall curves, the confusion matrix at the decision threshold, a
+calibration plot; multiclass: the confusion matrix; regression: predicted versus actual and the
+residuals), per-slice bars of the headline metric with the threshold drawn in, and permutation
+feature importance on the evaluation split. Charts are static PNGs (matplotlib) embedded in the
+HTML, so it opens offline. TF Serving ignores assets.extra/, so writing the card never touches what it serves.
 """
 
 from __future__ import annotations
@@ -41,24 +42,35 @@ def _eval_examples(examples_uri: str, limit: int = MAX_EXAMPLES) -> list[bytes]:
     return list(tf.data.TFRecordDataset(files, compression_type="GZIP").take(limit).as_numpy_iterator())
 
 
-def _labels(records: list[bytes], label: str) -> np.ndarray:
+def _labels(model, records: list[bytes], label: str, task: str = "binary") -> np.ndarray:
+    """The transformed label per example (class index, or the value for regression), computed by
+    the model's own transform_features signature; NaN where an example has no usable label."""
     import tensorflow as tf
 
+    from components.features import TRANSFORM_SIGNATURE, transformed_label
+
+    transform = model.signatures[TRANSFORM_SIGNATURE]
     out = []
-    for raw in records:
-        feature = tf.train.Example.FromString(raw).features.feature.get(label)
-        values = list(feature.int64_list.value or feature.float_list.value) if feature else []
-        out.append(float(values[0]) if values else np.nan)
-    return np.array(out)
+    for start in range(0, len(records), 1024):
+        batch = tf.constant(records[start : start + 1024])
+        out.append(transform(examples=batch)[transformed_label(label)].numpy().reshape(-1).astype(float))
+    labels = np.concatenate(out) if out else np.array([])
+    present = np.array([label in tf.train.Example.FromString(r).features.feature for r in records], dtype=bool)
+    keep = present if task == "regression" else present & (labels >= 0)
+    return np.where(keep, labels, np.nan)
 
 
-def _score(serve, records: list[bytes]) -> np.ndarray:
+def _score(serve, records: list[bytes], task: str = "binary") -> np.ndarray:
+    """binary: P(positive) per example; multiclass: [N, K] class probabilities; regression: values."""
     import tensorflow as tf
+
+    from components.features import PREDICTION_KEY
 
     scores = []
     for start in range(0, len(records), 1024):
         batch = tf.constant(records[start : start + 1024])
-        scores.append(serve(examples=batch)["probabilities"].numpy().reshape(-1))
+        value = serve(examples=batch)[PREDICTION_KEY[task]].numpy()
+        scores.append(value if task == "multiclass" else value.reshape(-1))
     return np.concatenate(scores) if scores else np.array([])
 
 
@@ -88,11 +100,50 @@ def confusion(labels: np.ndarray, scores: np.ndarray, threshold: float = DECISIO
     return np.array([[np.sum((actual == a) & (predicted == p)) for p in (0, 1)] for a in (0, 1)])
 
 
-def permutation_importance(serve, records: list[bytes], labels: np.ndarray, features: list[str], seed: int = 0):
-    """AUC lost when one feature's values are shuffled across the evaluation examples, per feature."""
+def accuracy(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    return float(np.mean(np.argmax(probabilities, axis=1) == labels.astype(int))) if len(labels) else float("nan")
+
+
+def rmse(labels: np.ndarray, values: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((values - labels) ** 2))) if len(labels) else float("nan")
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The one number a card leads with, per task, and how permutation importance reads it."""
+
+    name: str
+    tfma_name: str
+    higher_is_better: bool
+
+    def score(self, labels: np.ndarray, predictions: np.ndarray) -> float:
+        if self.name == "AUC":
+            return roc_curve(labels, predictions)[2]
+        if self.name == "accuracy":
+            return accuracy(labels, predictions)
+        return rmse(labels, predictions)
+
+    def loss(self, base: float, shuffled: float) -> float:
+        """How much worse shuffling made it (positive = the feature matters)."""
+        return base - shuffled if self.higher_is_better else shuffled - base
+
+
+HEADLINES = {
+    "binary": Headline("AUC", "auc", True),
+    "multiclass": Headline("accuracy", "sparse_categorical_accuracy", True),
+    "regression": Headline("RMSE", "root_mean_squared_error", False),
+}
+
+
+def permutation_importance(
+    serve, records: list[bytes], labels: np.ndarray, features: list[str], task: str = "binary", seed: int = 0
+):
+    """How much the headline metric worsens when one feature's values are shuffled across the
+    evaluation examples, per feature, most important first."""
     import tensorflow as tf
 
-    _, _, base_auc = roc_curve(labels, _score(serve, records))
+    headline = HEADLINES[task]
+    base = headline.score(labels, _score(serve, records, task))
     parsed = [tf.train.Example.FromString(r) for r in records]
     rng = np.random.default_rng(seed)
     drops = {}
@@ -108,9 +159,8 @@ def permutation_importance(serve, records: list[bytes], labels: np.ndarray, feat
             elif name in copy.features.feature:
                 del copy.features.feature[name]
             shuffled.append(copy.SerializeToString())
-        _, _, auc = roc_curve(labels, _score(serve, shuffled))
-        drops[name] = base_auc - auc
-    return base_auc, dict(sorted(drops.items(), key=lambda kv: -kv[1]))
+        drops[name] = headline.loss(base, headline.score(labels, _score(serve, shuffled, task)))
+    return base, dict(sorted(drops.items(), key=lambda kv: -kv[1]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,17 +176,24 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def charts(
-    scored: Scored, slices: dict, thresholds: dict[str, float], importance: dict[str, float]
-) -> dict[str, bytes]:
-    """PNG images by title."""
-    import matplotlib
+def _matrix_chart(matrix: np.ndarray, names: list[str], title: str) -> bytes:
+    import matplotlib.pyplot as plt
 
-    matplotlib.use("Agg")
+    size = max(3.4, 0.6 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size + 0.4, size))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, f"{v:,}", ha="center", va="center", color="black")
+    ticks = list(range(len(names)))
+    ax.set(xticks=ticks, yticks=ticks, xticklabels=names, yticklabels=names, xlabel="predicted", ylabel="actual")
+    ax.set_title(title)
+    return _png(fig)
+
+
+def _binary_charts(labels: np.ndarray, scores: np.ndarray, classes: tuple[str, ...]) -> dict[str, bytes]:
     import matplotlib.pyplot as plt
 
     out = {}
-    labels, scores = scored.labels, scored.scores
     fpr, tpr, auc = roc_curve(labels, scores)
     fig, ax = plt.subplots(figsize=(4.2, 4))
     ax.plot(fpr, tpr, label=f"AUC {auc:.3f}")
@@ -153,21 +210,9 @@ def charts(
     ax.legend(loc="lower left")
     out["Precision-recall curve"] = _png(fig)
 
-    matrix = confusion(labels, scores)
-    fig, ax = plt.subplots(figsize=(3.8, 3.4))
-    ax.imshow(matrix, cmap="Blues")
-    for (i, j), v in np.ndenumerate(matrix):
-        ax.text(j, i, f"{v:,}", ha="center", va="center", color="black")
-    ax.set(
-        xticks=[0, 1],
-        yticks=[0, 1],
-        xticklabels=["0", "1"],
-        yticklabels=["0", "1"],
-        xlabel="predicted",
-        ylabel="actual",
+    out["Confusion matrix"] = _matrix_chart(
+        confusion(labels, scores), list(classes), f"Confusion matrix at {DECISION_THRESHOLD}"
     )
-    ax.set_title(f"Confusion matrix at {DECISION_THRESHOLD}")
-    out["Confusion matrix"] = _png(fig)
 
     bins = np.linspace(0, 1, 11)
     which = np.clip(np.digitize(scores, bins) - 1, 0, 9)
@@ -178,24 +223,85 @@ def charts(
     ax.plot(mean_score, positive_rate, "o-")
     ax.set(xlabel="mean predicted probability", ylabel="observed positive rate", title="Calibration")
     out["Calibration"] = _png(fig)
+    return out
 
+
+def _multiclass_charts(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...]) -> dict[str, bytes]:
+    k = len(classes)
+    predicted = np.argmax(probabilities, axis=1)
+    actual = labels.astype(int)
+    matrix = np.array([[np.sum((actual == a) & (predicted == p)) for p in range(k)] for a in range(k)])
+    return {"Confusion matrix": _matrix_chart(matrix, list(classes), "Confusion matrix (most probable class)")}
+
+
+def _regression_charts(labels: np.ndarray, values: np.ndarray) -> dict[str, bytes]:
+    import matplotlib.pyplot as plt
+
+    out = {}
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.scatter(labels, values, s=8, alpha=0.5)
+    low, high = float(np.min([labels.min(), values.min()])), float(np.max([labels.max(), values.max()]))
+    ax.plot([low, high], [low, high], "--", color="grey", linewidth=1)
+    ax.set(xlabel="actual", ylabel="predicted", title="Predicted versus actual")
+    out["Predicted versus actual"] = _png(fig)
+
+    residuals = values - labels
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.hist(residuals, bins=30, color="#4a7fb5")
+    ax.axvline(0, color="grey", linestyle="--", linewidth=1)
+    ax.set(xlabel="predicted - actual", ylabel="examples", title=f"Residuals (RMSE {rmse(labels, values):.4g})")
+    out["Residuals"] = _png(fig)
+    return out
+
+
+def charts(
+    scored: Scored,
+    slices: dict,
+    thresholds: dict[str, float],
+    importance: dict[str, float],
+    task: str = "binary",
+    classes: tuple[str, ...] = ("0", "1"),
+) -> dict[str, bytes]:
+    """PNG images by title: the task's evaluation charts, per-slice headline metric bars with the
+    threshold drawn in, and permutation importance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, scores = scored.labels, scored.scores
+    if task == "multiclass":
+        out = _multiclass_charts(labels, scores, classes)
+    elif task == "regression":
+        out = _regression_charts(labels, scores)
+    else:
+        out = _binary_charts(labels, scores, classes)
+
+    headline = HEADLINES[task]
     for feature, values in slices.items():
         names = list(values)[:20]
         fig, ax = plt.subplots(figsize=(6, 0.3 * len(names) + 1.2))
         ax.barh(names, [values[n] for n in names], color="#4a7fb5")
-        if "auc" in thresholds:
-            ax.axvline(thresholds["auc"], color="crimson", linestyle="--", label=f"threshold {thresholds['auc']}")
+        bound = thresholds.get(headline.tfma_name)
+        if bound is not None:
+            ax.axvline(bound, color="crimson", linestyle="--", label=f"threshold {bound}")
             ax.legend(loc="lower right")
         ax.invert_yaxis()
-        ax.set(xlabel="AUC", title=f"AUC by {feature}", xlim=(0, 1))
-        out[f"AUC by {feature}"] = _png(fig)
+        ax.set(xlabel=headline.name, title=f"{headline.name} by {feature}")
+        if headline.higher_is_better:
+            ax.set_xlim(0, 1)
+        out[f"{headline.name} by {feature}"] = _png(fig)
 
     if importance:
         names = list(importance)[:TOP_FEATURES]
         fig, ax = plt.subplots(figsize=(6, 0.3 * len(names) + 1.2))
         ax.barh(names, [importance[n] for n in names], color="#5b9a68")
         ax.invert_yaxis()
-        ax.set(xlabel="AUC lost when the feature is shuffled", title="Permutation importance (evaluation split)")
+        what = "lost" if headline.higher_is_better else "added"
+        ax.set(
+            xlabel=f"{headline.name} {what} when the feature is shuffled",
+            title="Permutation importance (evaluation split)",
+        )
         out["Permutation importance"] = _png(fig)
     return out
 
@@ -204,14 +310,15 @@ def charts(
 # The card
 
 
-def _slice_auc(metrics_by_slice: dict) -> dict[str, dict[str, float]]:
+def _slice_metric(metrics_by_slice: dict, metric: str) -> dict[str, dict[str, float]]:
+    """{feature: {value: the candidate's metric on that slice}} from TFMA's per-slice metrics."""
     out: dict[str, dict[str, float]] = {}
     for where, metrics in metrics_by_slice.items():
-        if where == "Overall" or ":" not in where or "auc" not in metrics:
+        if where == "Overall" or ":" not in where or metric not in metrics:
             continue
         feature, value = where.split(":", 1)
-        if "candidate" in metrics["auc"]:
-            out.setdefault(feature, {})[value] = metrics["auc"]["candidate"]
+        if "candidate" in metrics[metric]:
+            out.setdefault(feature, {})[value] = metrics[metric]["candidate"]
     return {f: dict(sorted(v.items(), key=lambda kv: kv[0])) for f, v in out.items()}
 
 
@@ -233,22 +340,35 @@ def write_card(record, config, version_dir: Optional[str] = None) -> tuple[Path,
     version_dir = Path(version_dir or record.destination)
     ex = record.executions
     lines = describe(record, config)
+    task, classes = config.task, config.classes
+    headline = HEADLINES[task]
     records = _eval_examples(ex["CsvExampleGen"].output("examples").uri)
-    labels = _labels(records, config.label)
+    model = tf.saved_model.load(str(version_dir))
+    labels = _labels(model, records, config.label, task)
     keep = ~np.isnan(labels)
     records = [r for r, k in zip(records, keep, strict=True) if k]
     labels = labels[keep]
-    serve = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
-    scores = _score(serve, records)
-    base_auc, importance = permutation_importance(serve, records, labels, [f.name for f in config.features])
+    serve = model.signatures["serving_default"]
+    scores = _score(serve, records, task)
+    base, importance = permutation_importance(serve, records, labels, [f.name for f in config.features], task)
     evaluator = ex.get("Evaluator")
     by_slice = metrics_by_slice(evaluator.output("evaluation").uri) if evaluator else {}
     bounds = {
         t["metric"]: float(t["bound"].split()[1])
         for t in (thresholds(evaluator) if evaluator else [])
-        if t["kind"] == "value" and t["bound"].startswith(">= ")
+        if t["kind"] == "value" and t["bound"][:3] in (">= ", "<= ")
     }
-    images = charts(Scored(labels, scores), _slice_auc(by_slice), bounds, importance)
+    slices = _slice_metric(by_slice, headline.tfma_name)
+    images = charts(Scored(labels, scores), slices, bounds, importance, task, classes)
+    what = "lost" if headline.higher_is_better else "added"
+    label = f"<code>{html.escape(config.label)}</code>"
+    if task == "binary":
+        described = f"Binary classification of {label} (positive class {html.escape(classes[-1])}; "
+        described += f"decision threshold {DECISION_THRESHOLD})"
+    elif task == "multiclass":
+        described = f"Multiclass classification of {label} into {html.escape(', '.join(classes))}"
+    else:
+        described = f"Regression of {label}"
 
     out_dir = version_dir / CARD_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -271,24 +391,23 @@ figcaption {{ font-size: 12px; color: #555; text-align: center; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 3px 8px; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>Binary classification of <code>{html.escape(config.label)}</code>; {len(labels):,} evaluation examples;
-AUC {base_auc:.4f}; decision threshold {DECISION_THRESHOLD}.</p>
+<p>{described}; {len(labels):,} evaluation examples; {headline.name} {base:.4f}.</p>
 <h2>Evaluation</h2>
 {body}
 <h2>Permutation importance (top {TOP_FEATURES})</h2>
-<table><tr><th>feature</th><th>AUC lost when shuffled</th></tr>{importance_rows}</table>
+<table><tr><th>feature</th><th>{headline.name} {what} when shuffled</th></tr>{importance_rows}</table>
 <h2>Record</h2>
 <pre>{html.escape(chr(10).join(lines))}</pre>
 </body></html>
 """
     image_dir = out_dir / "model_card_images"
     image_dir.mkdir(exist_ok=True)
-    md = [f"# {title}", "", f"AUC {base_auc:.4f} on {len(labels):,} evaluation examples.", ""]
+    md = [f"# {title}", "", f"{headline.name} {base:.4f} on {len(labels):,} evaluation examples.", ""]
     for t, png in images.items():
         name = t.lower().replace(" ", "_").replace(":", "") + ".png"
         _atomic_write(image_dir / name, png)
         md += [f"![{t}](model_card_images/{name})", ""]
-    md += ["## Permutation importance", "", "| feature | AUC lost |", "|---|---:|"]
+    md += ["## Permutation importance", "", f"| feature | {headline.name} {what} |", "|---|---:|"]
     md += [f"| {n} | {v:+.4f} |" for n, v in list(importance.items())[:TOP_FEATURES]]
     md += ["", "## Record", "", "```", *lines, "```", ""]
     html_path, md_path = out_dir / HTML_NAME, out_dir / MD_NAME

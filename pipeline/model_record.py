@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from pipeline.lineage import NodeExecution, custom_property, int_property
 from pipeline.registry import VersionRecord
+from pipeline.summary import metric_label
 
 TRAINING_RECORD = os.path.join("assets.extra", "conveyor_training.json")
 
@@ -39,7 +40,7 @@ def metrics_by_slice(evaluation_uri: str) -> dict[str, dict[str, dict[str, float
             if not kv.value.HasField("double_value"):
                 continue
             role = "diff" if kv.key.is_diff else ("baseline" if kv.key.model_name == "baseline" else "candidate")
-            out.setdefault(where, {}).setdefault(kv.key.name, {})[role] = kv.value.double_value.value
+            out.setdefault(where, {}).setdefault(metric_label(kv.key), {})[role] = kv.value.double_value.value
     return out
 
 

@@ -6,6 +6,7 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
 from components.data_gate.component import DataGate
+from components.features import PREDICTION_KEY, TRANSFORM_SIGNATURE, transformed_label
 from components.pusher.component import SafePusher
 from pipeline.config import ConfigError, EvaluationConfig, PipelineConfig
 
@@ -32,8 +33,14 @@ def _threshold(t) -> tfma.MetricThreshold:
     return tfma.MetricThreshold(value_threshold=value, change_threshold=change)
 
 
-def eval_config(label: str, evaluation: EvaluationConfig) -> tfma.EvalConfig:
+def eval_config(
+    label: str, evaluation: EvaluationConfig, task: str = "binary", classes: tuple[str, ...] = ("0", "1")
+) -> tfma.EvalConfig:
     """TFMA's config: overall plus the configured slices, the configured metrics and their thresholds.
+
+    The label TFMA compares with is the transformed one (the model's `transform_features`
+    signature computes it): the class index for classification, whatever the raw label's type.
+    Multiclass adds recall per class.
 
     Raises:
       ConfigError: a threshold names a metric that is not in evaluation.metrics.
@@ -56,10 +63,25 @@ def eval_config(label: str, evaluation: EvaluationConfig) -> tfma.EvalConfig:
         )
         for m in evaluation.metrics
     ]
+    specs = [tfma.MetricsSpec(metrics=metrics)]
+    if task == "multiclass":
+        specs.append(
+            tfma.MetricsSpec(
+                metrics=[tfma.MetricConfig(class_name="Recall")],
+                binarize=tfma.BinarizationOptions(class_ids={"values": list(range(len(classes)))}),
+            )
+        )
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name="serving_default", label_key=label)],
+        model_specs=[
+            tfma.ModelSpec(
+                signature_name="serving_default",
+                label_key=transformed_label(label),
+                prediction_key=PREDICTION_KEY[task],
+                preprocessing_function_names=[TRANSFORM_SIGNATURE],
+            )
+        ],
         slicing_specs=overall + [tfma.SlicingSpec(feature_keys=list(s)) for s in evaluation.slices],
-        metrics_specs=[tfma.MetricsSpec(metrics=metrics)],
+        metrics_specs=specs,
     )
 
 
@@ -177,7 +199,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=latest_blessed_model_resolver.outputs["model"],
-        eval_config=eval_config(config.label, config.evaluation),
+        eval_config=eval_config(config.label, config.evaluation, config.task, config.classes),
     )
     pusher = SafePusher(
         model=trainer.outputs["model"],

@@ -97,7 +97,28 @@ def _anomalies(validator: NodeExecution) -> dict[str, list[str]]:
     return dict(by_split(read_artifact(artifact.uri, artifact.properties["split_names"].string_value)))
 
 
-def _metrics(evaluator: NodeExecution) -> tuple[list[MetricLine], bool, list[str]]:
+def metric_label(key, classes: tuple[str, ...] = ()) -> str:
+    """A TFMA MetricKey in words: its name, and for a per-class metric the class."""
+    if key.HasField("sub_key") and key.sub_key.HasField("class_id"):
+        index = key.sub_key.class_id.value
+        return f"{key.name} [{classes[index] if index < len(classes) else f'class {index}'}]"
+    return key.name
+
+
+def _classes(trainer: Optional[NodeExecution]) -> tuple[str, ...]:
+    """The label's classes from the Trainer's custom_config (empty for regression or when absent)."""
+    if trainer is None:
+        return ()
+    for props in (trainer.execution.properties, trainer.execution.custom_properties):
+        if "custom_config" in props:
+            try:
+                return tuple(json.loads(props["custom_config"].string_value).get("classes") or ())
+            except ValueError:
+                return ()
+    return ()
+
+
+def _metrics(evaluator: NodeExecution, classes: tuple[str, ...] = ()) -> tuple[list[MetricLine], bool, list[str]]:
     uri = evaluator.output("evaluation").uri
     values: dict[str, dict[str, float]] = {}
     for per_slice in tfma.load_metrics(uri):
@@ -107,7 +128,7 @@ def _metrics(evaluator: NodeExecution) -> tuple[list[MetricLine], bool, list[str
             if kv.key.is_diff or not kv.value.HasField("double_value"):
                 continue
             role = "baseline" if kv.key.model_name == "baseline" else "candidate"
-            values.setdefault(kv.key.name, {})[role] = kv.value.double_value.value
+            values.setdefault(metric_label(kv.key, classes), {})[role] = kv.value.double_value.value
     has_baseline = any("baseline" in v for v in values.values())
     lines = [MetricLine(name, v.get("candidate"), v.get("baseline")) for name, v in sorted(values.items())]
     failures = []
@@ -115,7 +136,7 @@ def _metrics(evaluator: NodeExecution) -> tuple[list[MetricLine], bool, list[str
     for per_slice in validation.metric_validations_per_slice:
         where = tfma.slicer.stringify_slice_key(tfma.slicer.deserialize_slice_key(per_slice.slice_key)) or "Overall"
         for failure in per_slice.failures:
-            failures.append(_failure_text(failure, where, values.get(failure.metric_key.name, {})))
+            failures.append(_failure_text(failure, where, values.get(metric_label(failure.metric_key, classes), {})))
     return lines, has_baseline, failures
 
 
@@ -183,7 +204,9 @@ def summarize(run_id: str, executions: dict[str, NodeExecution], store=None, pip
     if "Trainer" in done:
         summary.training = _training(done["Trainer"], store, pipeline_name)
     if "Evaluator" in done:
-        summary.metrics, summary.has_baseline, summary.failures = _metrics(done["Evaluator"])
+        summary.metrics, summary.has_baseline, summary.failures = _metrics(
+            done["Evaluator"], _classes(done.get("Trainer"))
+        )
         blessing = done["Evaluator"].output("blessing")
         summary.blessed = bool(custom_property(blessing, "blessed"))
     pusher = next((v for k, v in done.items() if k.endswith("Pusher")), None)

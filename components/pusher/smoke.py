@@ -35,6 +35,8 @@ def check(model_dir: str, file_pattern: str, n: int = 8) -> str:
         array = value.numpy()
         if array.shape[0] != len(records):
             raise RuntimeError(f"output '{name}' has {array.shape[0]} rows for {len(records)} examples")
+        if array.dtype.kind in "OSU":  # class names: present for every row is all there is to check
+            continue
         if not np.all(np.isfinite(array)):
             raise RuntimeError(f"output '{name}' holds NaN or Inf for raw evaluation examples")
     return f"serving_default scored {len(records)} raw evaluation examples with finite outputs"

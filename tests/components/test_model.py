@@ -30,6 +30,31 @@ def test_model_from_the_taxi_config_predicts_one_probability_per_row():
     assert {"embedding_company", "dense_0", "dense_1", "output"} <= names
 
 
+def test_multiclass_head_is_a_softmax_and_regression_predicts_in_the_labels_units():
+    features = (FeatureConfig("a", "numeric"), FeatureConfig("city", "hashed", hash_buckets=16))
+    batch = _batch(features, 6)
+    multi = build_model(features, ModelConfig(hidden_units=(4,)), task="multiclass", num_classes=3)
+    probabilities = multi.predict(batch, verbose=0)
+    assert probabilities.shape == (6, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+    regression = build_model(features, ModelConfig(hidden_units=(4,)), task="regression", label_stats=(1000.0, 50.0))
+    values = regression.predict(batch, verbose=0)
+    assert values.shape == (6, 1)
+    # An untrained network outputs about 0 in z-units, so about the label's mean in its own units.
+    assert np.all(np.abs(values - 1000.0) < 5 * 50.0)
+
+
+def test_label_stats_over_one_pass():
+    import tensorflow as tf
+
+    from components.model import label_stats
+
+    ds = tf.data.Dataset.from_tensor_slices(({"x": np.zeros(4)}, np.array([1.0, 3.0, 5.0, 7.0]))).batch(3)
+    mean, std = label_stats(ds)
+    assert mean == 4.0 and std == np.sqrt(5.0)
+
+
 def _save(net, path):
     net.save(path, save_format="tf")
     return str(path)

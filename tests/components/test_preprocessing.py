@@ -83,3 +83,63 @@ def test_bucketized_numeric_is_ordered(transformed):
 
 def test_label_is_carried_as_int(transformed):
     assert [r["big_tipper_xf"] for r in transformed] == [0, 1, 1, 0]
+
+
+def _run(rows, features, schema_text, custom, tmp_path):
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    schema = text_format.Parse(schema_text, schema_pb2.Schema())
+    config = {"features": [f.__dict__ for f in features], "model": {}, **custom}
+    with tft_beam.Context(temp_dir=str(tmp_path)):
+        (data, _), _ = (rows, dataset_metadata.DatasetMetadata(schema)) | tft_beam.AnalyzeAndTransformDataset(
+            functools.partial(preprocessing_fn, custom_config=config)
+        )
+    return data
+
+
+_CITY_AND_LABEL = """
+feature { name: "city" type: BYTES presence { min_fraction: 1.0 } shape { dim { size: 1 } } }
+feature { name: "label" type: %s presence { min_fraction: 1.0 } shape { dim { size: 1 } } }
+"""
+
+
+def test_hashed_categorical_and_string_labels_become_class_indices(tmp_path):
+    rows = [
+        {"city": [c], "label": [y]} for c, y in [(b"Oslo", b"b"), (b"Lima", b"c"), (b"Oslo", b"a"), (b"Pune", b"z")]
+    ]
+    features = (FeatureConfig("city", "hashed", hash_buckets=50),)
+    out = _run(
+        rows,
+        features,
+        _CITY_AND_LABEL % "BYTES",
+        {"label": "label", "task": "multiclass", "classes": ["a", "b", "c"]},
+        tmp_path,
+    )
+    hashed = [r["city_xf"] for r in out]
+    assert hashed[0] == hashed[2] and all(0 <= h < 50 for h in hashed)
+    # Class order is the configured one; a value not listed is -1 (the run's preflight refuses it).
+    assert [r["label_xf"] for r in out] == [1, 2, 0, -1]
+
+
+def test_integer_labels_map_through_their_text_and_regression_keeps_the_value(tmp_path):
+    rows = [{"city": [b"Oslo"], "label": [y]} for y in (3, 1, 3)]
+    features = (FeatureConfig("city", "hashed", hash_buckets=10),)
+    out = _run(
+        rows,
+        features,
+        _CITY_AND_LABEL % "INT",
+        {"label": "label", "task": "multiclass", "classes": ["1", "3"]},
+        tmp_path / "a",
+    )
+    assert [r["label_xf"] for r in out] == [1, 0, 1]
+
+    rows = [{"city": [b"Oslo"], "label": [y]} for y in (2.5, -1.0)]
+    out = _run(
+        rows,
+        features,
+        _CITY_AND_LABEL % "FLOAT",
+        {"label": "label", "task": "regression", "classes": []},
+        tmp_path / "b",
+    )
+    assert [r["label_xf"] for r in out] == pytest.approx([2.5, -1.0])

@@ -82,6 +82,12 @@ def test_component_config_round_trips_features():
         (lambda r: r["evaluation"]["thresholds"].append({"metric": "AUC"}), "evaluation.thresholds[2].metric", "needs"),
         (lambda r: r["evaluation"].update(slices=[["no_such_column"]]), "evaluation.slices", "not configured"),
         (lambda r: r["beam"].update(args="--runner=X"), "beam.args", "must be a list"),
+        (lambda r: r.update(task="ranking"), "task", "not one of"),
+        (lambda r: r.update(task="multiclass"), "classes", "needs the label's values"),
+        (lambda r: r.update(classes=["no", "maybe", "yes"]), "classes", "exactly [negative, positive]"),
+        (lambda r: r.update(task="regression", classes=["0", "1"]), "classes", "no classes"),
+        (lambda r: r.update(task="multiclass", classes=["a", "b", "a"]), "classes", "twice"),
+        (lambda r: r["features"][0].update(kind="hashed", hash_buckets=1), "features[0].hash_buckets", "at least 2"),
     ],
 )
 def test_bad_values_fail_naming_the_key(raw, mutate, key, words):
@@ -92,6 +98,42 @@ def test_bad_values_fail_naming_the_key(raw, mutate, key, words):
     assert err.value.key == key
     assert words in str(err.value)
     assert str(err.value).startswith("taxi.yaml: ")
+
+
+def test_task_decides_default_metrics_classes_and_threshold_direction(raw):
+    raw.pop("evaluation")
+    binary = parse(raw)
+    assert (binary.task, binary.classes) == ("binary", ("0", "1"))
+    assert binary.evaluation.metrics == ("AUC", "BinaryAccuracy", "Calibration", "ExampleCount")
+
+    multi = parse({**raw, "task": "multiclass", "classes": ["low", "mid", 3]})
+    assert multi.classes == ("low", "mid", "3")
+    assert "SparseCategoricalAccuracy" in multi.evaluation.metrics
+
+    regression = parse(
+        {
+            **raw,
+            "task": "regression",
+            "evaluation": {"thresholds": [{"metric": "RootMeanSquaredError", "upper_bound": 2}]},
+        }
+    )
+    assert regression.classes == ()
+    assert regression.evaluation.metrics == ("MeanAbsoluteError", "RootMeanSquaredError", "ExampleCount")
+    assert regression.evaluation.thresholds[0].direction == "lower_is_better"
+    assert regression.component_config()["task"] == "regression"
+
+
+def test_multiclass_evaluation_reads_the_transformed_label_and_adds_recall_per_class(raw):
+    from pipeline.pipeline import eval_config
+
+    config = parse({**raw, "task": "multiclass", "classes": ["a", "b", "c"], "evaluation": {}})
+    spec = eval_config(config.label, config.evaluation, config.task, config.classes)
+    model = spec.model_specs[0]
+    assert (model.label_key, model.prediction_key) == ("big_tipper_xf", "scores")
+    assert list(model.preprocessing_function_names) == ["transform_features"]
+    per_class = [m for m in spec.metrics_specs if m.binarize.class_ids.values]
+    assert list(per_class[0].binarize.class_ids.values) == [0, 1, 2]
+    assert per_class[0].metrics[0].class_name == "Recall"
 
 
 def test_threshold_on_unlisted_metric_is_rejected_when_building_the_pipeline(raw):

@@ -1,0 +1,119 @@
+"""Any tabular dataset from a config file: binary, multiclass and regression, end to end.
+
+For each task a synthetic dataset is generated here, `conveyor init` drafts its config and schema,
+the step budget is cut for test speed (the one edit a reviewer might make), and `conveyor run`
+trains, evaluates and pushes. The pushed model is then called the way clients call it: through
+`serving_default` with raw tf.Examples, and through the TF Serving REST API with plain JSON.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+
+from components.examples import to_example
+from components.pusher.publish import list_versions
+from pipeline import serving
+from pipeline.cli import main
+from pipeline.config import load_config
+from pipeline.schema_review import read_schema
+from tests.conftest import write_csv
+from tests.synthetic import dataset
+
+pytestmark = pytest.mark.e2e
+TASKS = ("binary", "multiclass", "regression")
+
+
+@pytest.fixture(scope="session")
+def task_runs(tmp_path_factory):
+    """task -> (config, exit code of `conveyor init`, exit code of `conveyor run`, its stdout)."""
+    results = {}
+    for task in TASKS:
+        root = tmp_path_factory.mktemp(f"task_{task}")
+        header, rows = dataset(task)
+        write_csv(root / task / "rows.csv", header, rows)
+        init_code = main(["init", "--data", str(root / task), "--label", "label", "--out-dir", str(root)])
+        config_path = root / "configs" / f"{task}.yaml"
+        raw = yaml.safe_load(config_path.read_text())
+        raw["training"] = {"train_steps": 150, "eval_steps": 5}
+        config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        stdout_path = root / "run.out"
+        import contextlib
+
+        with open(stdout_path, "w") as out, contextlib.redirect_stdout(out):
+            run_code = main(["run", "--config", str(config_path), "--output-dir", str(root / "out")])
+        config = load_config(config_path, output_dir=root / "out")
+        results[task] = (config, init_code, run_code, stdout_path.read_text())
+    return results
+
+
+def _eval_rows(config, n=6):
+    header, rows = dataset(config.task, n=n, seed=99)
+    _, schema = read_schema(config.schema_path)
+    return [dict(zip(header, r, strict=True)) for r in rows], schema
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_init_then_run_pushes_a_blessed_model(task_runs, task):
+    config, init_code, run_code, out = task_runs[task]
+    assert (init_code, run_code) == (0, 0), out
+    assert config.task == task
+    assert "blessed: yes" in out
+    versions = list_versions(config.serving_model_dir)
+    assert len(versions) == 1
+    card = f"{config.serving_model_dir}/{versions[0]}/assets.extra/model_card.html"
+    assert tf.io.gfile.exists(card)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_predictions_have_the_tasks_shape_and_type(task_runs, task):
+    config, *_ = task_runs[task]
+    version = list_versions(config.serving_model_dir)[-1]
+    model = tf.saved_model.load(f"{config.serving_model_dir}/{version}")
+    rows, schema = _eval_rows(config)
+    examples = tf.constant([to_example(r, schema, skip=[config.label]).SerializeToString() for r in rows])
+    out = {k: v.numpy() for k, v in model.signatures["serving_default"](examples=examples).items()}
+    n = len(rows)
+    if task == "regression":
+        assert set(out) == {"value"}
+        assert out["value"].shape == (n, 1) and out["value"].dtype == np.float32
+        assert np.all(np.abs(out["value"] - 100) < 100), "predictions are in the label's units"
+        return
+    k = len(config.classes)
+    assert out["scores"].shape == (n, k) and out["scores"].dtype == np.float32
+    np.testing.assert_allclose(out["scores"].sum(axis=1), 1.0, rtol=1e-5)
+    assert out["classes"].shape == (n, k)
+    assert [c.decode() for c in out["classes"][0]] == list(config.classes)
+    if task == "binary":
+        assert config.classes == ("no", "yes")
+        np.testing.assert_allclose(out["probabilities"][:, 0], out["scores"][:, 1], rtol=1e-6)
+
+
+def test_evaluation_reports_the_tasks_metrics(task_runs):
+    binary, multi, regression = (task_runs[t][3] for t in TASKS)
+    for metric in ("auc", "binary_accuracy", "calibration"):
+        assert f"\n    {metric} " in binary
+    for name in ("0", "1", "2"):
+        assert f"recall [{name}]" in multi, multi
+    assert "sparse_categorical_accuracy" in multi
+    assert "root_mean_squared_error" in regression and "mean_absolute_error" in regression
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_rest_api_answers_with_plain_json(task_runs, task):
+    config, *_ = task_runs[task]
+    repository = serving.ModelRepository(config.output.serving_root)
+    rows, _ = _eval_rows(config, n=2)
+    typed = {"x1": float, "x2": float, "weekday": int, "color": str, "city": str}
+    instances = [{k: typed[k](v) for k, v in r.items() if k in typed and v != ""} for r in rows]
+    body = json.dumps({"instances": instances})
+    answer = serving.handle(repository, "POST", f"/v1/models/{config.model_name}:predict", body.encode())
+    predictions = answer["predictions"]
+    assert len(predictions) == 2
+    if task == "multiclass":
+        assert predictions[0]["classes"] == ["0", "1", "2"]
+        assert len(predictions[0]["scores"]) == 3
+    else:
+        assert isinstance(predictions[0][0], float)
