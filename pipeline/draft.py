@@ -283,7 +283,8 @@ def _config_text(
         "  keep_versions: 5",
         "",
         "beam:",
-        "  args: [--direct_running_mode=in_memory, --direct_num_workers=1]",
+        "  # Empty: `conveyor run` picks the DirectRunner's mode by input size (README, Performance).",
+        "  args: []",
         "",
     ]
     return "\n".join(lines)

@@ -188,17 +188,39 @@ class RunResult:
 _DEPENDENCY_FLAGS = ("--extra_package", "--setup_file", "--requirements_file", "--sdk_container_image")
 
 
-def local_beam_args(args: tuple[str, ...]) -> tuple[str, ...]:
+# Input size above which the DirectRunner fans out to one worker process per core. Below it the
+# processes' start-up and the pickling between them cost more than they save (README, Performance).
+MULTI_PROCESSING_BYTES = 64 * 2**20
+
+
+def _input_bytes(data_root: str) -> int:
+    root = Path(data_root)
+    if not root.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def local_beam_args(args: tuple[str, ...], data_root: Optional[str] = None) -> tuple[str, ...]:
     """The Beam arguments for a run from this machine.
 
-    With no dependency flag, TFX builds and stages an sdist of itself before every Beam component
-    (1.5 s each); the DirectRunner runs in this process and needs none, and a cluster runner needs
-    this project's code, not TFX's. So unless a flag says otherwise, this project's setup.py is it.
+    - Running mode: unless the config names a runner or a DirectRunner mode, in-memory for small
+      input and multi-processing with one worker per core above MULTI_PROCESSING_BYTES of data.
+    - Dependencies: with no dependency flag, TFX builds and stages an sdist of itself before every
+      Beam component (1.5 s each); the DirectRunner runs here and needs none, and a cluster runner
+      needs this project's code, not TFX's. So unless a flag says otherwise, this project's
+      setup.py is it.
     """
+    flags = {a.split("=")[0] for a in args}
+    out = tuple(args)
+    if not flags & {"--runner", "--direct_running_mode", "--direct_num_workers"} and data_root is not None:
+        if _input_bytes(data_root) > MULTI_PROCESSING_BYTES:
+            out += ("--direct_running_mode=multi_processing", f"--direct_num_workers={os.cpu_count() or 1}")
+        else:
+            out += ("--direct_running_mode=in_memory", "--direct_num_workers=1")
     setup_file = Path(__file__).resolve().parents[1] / "setup.py"
-    if any(a.split("=")[0] in _DEPENDENCY_FLAGS for a in args) or not setup_file.is_file():
-        return args
-    return (*args, f"--setup_file={setup_file}")
+    if not flags & set(_DEPENDENCY_FLAGS) and setup_file.is_file():
+        out += (f"--setup_file={setup_file}",)
+    return out
 
 
 def run_local(config: PipelineConfig, progress_out: TextIO, log_dir: Optional[Path] = None) -> RunResult:
@@ -227,7 +249,7 @@ def run_local(config: PipelineConfig, progress_out: TextIO, log_dir: Optional[Pa
         from pipeline.registry import record_provenance
         from pipeline.summary import summarize
 
-        pipeline = create_pipeline(config.replace(beam_args=local_beam_args(config.beam_args)))
+        pipeline = create_pipeline(config.replace(beam_args=local_beam_args(config.beam_args, config.data_root)))
         try:
             tfx.orchestration.LocalDagRunner().run(pipeline)
         except Exception as err:  # noqa: BLE001 - any component error ends the run; it is re-raised with context

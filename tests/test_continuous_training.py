@@ -13,7 +13,7 @@ from pipeline.cli import main
 from pipeline.config import EvaluationConfig, ModelConfig, ThresholdConfig, TrainingConfig, load_config
 from pipeline.lineage import int_property, open_store, pipeline_runs, run_executions
 from pipeline.runner import run_local
-from tests.conftest import PROJECT_ROOT, TAXI_CONFIG, write_csv
+from tests.conftest import PROJECT_ROOT, SMALL_FEATURES, TAXI_CONFIG, write_csv
 
 pytestmark = pytest.mark.e2e
 
@@ -49,7 +49,12 @@ def span_runs(tmp_path_factory):
     def config(span=None, **changes):
         base = load_config(TAXI_CONFIG, output_dir=out, data_root=root, span=span)
         return base.replace(
-            **{"training": TrainingConfig(train_steps=80, eval_steps=5), "evaluation": evaluation, **changes}
+            **{
+                "training": TrainingConfig(train_steps=80, eval_steps=5),
+                "evaluation": evaluation,
+                "features": SMALL_FEATURES,
+                **changes,
+            }
         )
 
     results = {"a": run_local(config(span=1), io.StringIO(), logs)}

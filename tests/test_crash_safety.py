@@ -5,6 +5,7 @@ started. The next run completes, reuses what had finished, and the serving direc
 partial or duplicate version.
 """
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import yaml
 
 from components.pusher.publish import list_versions
 from pipeline.lineage import open_store, pipeline_runs, run_executions
-from tests.conftest import TAXI_CONFIG, sample_taxi_rows, write_csv
+from tests.conftest import SMALL_FEATURES, TAXI_CONFIG, sample_taxi_rows, write_csv
 
 pytestmark = pytest.mark.e2e
 
@@ -27,6 +28,7 @@ def _config_file(tmp_path: Path) -> Path:
     raw["data"]["root"] = str(TAXI_CONFIG.parent / raw["data"]["root"])
     raw["schema"] = str(TAXI_CONFIG.parent / raw["schema"])
     raw["training"] = {"train_steps": 20, "eval_steps": 3}
+    raw["features"] = [dataclasses.asdict(f) for f in SMALL_FEATURES]
     raw["evaluation"]["thresholds"] = [{"metric": "AUC", "lower_bound": 0.1}]
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(raw))

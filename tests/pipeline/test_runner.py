@@ -61,3 +61,21 @@ def test_an_output_directory_that_cannot_be_written_is_refused(tmp_path, capsys)
 def test_registry_commands_before_any_run_say_so(tmp_path, capsys, command):
     assert main([*command, "--output-dir", str(tmp_path / "nothing")]) == 2
     assert "no ML Metadata at" in capsys.readouterr().err
+
+
+def test_beam_running_mode_follows_input_size_unless_the_config_chooses(tmp_path, monkeypatch):
+    import os
+
+    from pipeline import runner
+
+    (tmp_path / "data.csv").write_text("a,b\n1,2\n")
+    small = runner.local_beam_args((), str(tmp_path))
+    assert small[:2] == ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+    assert small[-1].startswith("--setup_file=") and small[-1].endswith("setup.py")
+    monkeypatch.setattr(runner, "MULTI_PROCESSING_BYTES", 4)
+    large = runner.local_beam_args((), str(tmp_path))
+    assert large[:2] == ("--direct_running_mode=multi_processing", f"--direct_num_workers={os.cpu_count()}")
+    chosen = ("--direct_running_mode=in_memory", "--extra_package=dist/x.tar.gz")
+    assert runner.local_beam_args(chosen, str(tmp_path)) == chosen
+    flink = ("--runner=FlinkRunner",)
+    assert runner.local_beam_args(flink, str(tmp_path))[:1] == flink

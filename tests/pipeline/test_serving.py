@@ -119,6 +119,18 @@ def expected(served, serialized) -> np.ndarray:
     return out
 
 
+def _probabilities(answer) -> np.ndarray:
+    """The `probabilities` output from a predict answer. The taxi model has several outputs
+    (probabilities, scores, classes), so as in TF Serving each row is an object keyed by output
+    name (`instances`), or `outputs` is one object of columns (`inputs`)."""
+    if "predictions" in answer:
+        rows = answer["predictions"]
+        assert all(set(row) == {"probabilities", "scores", "classes"} for row in rows), rows[:1]
+        return np.array([row["probabilities"] for row in rows])
+    assert set(answer["outputs"]) == {"probabilities", "scores", "classes"}
+    return np.array(answer["outputs"]["probabilities"])
+
+
 def _call(server, method, path, body=None):
     data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode("utf-8")
     request = urllib.request.Request(
@@ -180,30 +192,33 @@ def test_metadata_describes_serving_default_as_tf_serving_does(server, served):
 def test_row_form_with_serialized_examples_matches_the_saved_model(server, b64, expected):
     answer = _predict(server, {"instances": b64})
     assert list(answer) == ["predictions"]
-    predictions = np.array(answer["predictions"])
+    predictions = _probabilities(answer)
     assert predictions.shape == expected.shape
     assert np.allclose(predictions, expected, atol=1e-6)
+    first = answer["predictions"][0]
+    assert first["classes"] == ["0", "1"]
+    assert np.allclose(first["scores"], [1 - expected[0, 0], expected[0, 0]], atol=1e-6)
     keyed = _predict(server, {"instances": [{"examples": b} for b in b64]})
-    assert np.allclose(keyed["predictions"], expected, atol=1e-6)
+    assert np.allclose(_probabilities(keyed), expected, atol=1e-6)
 
 
 def test_columnar_form_with_serialized_examples_matches_the_saved_model(server, b64, expected):
     for body in ({"inputs": {"examples": b64}}, {"inputs": b64}):
         answer = _predict(server, body)
         assert list(answer) == ["outputs"]
-        outputs = np.array(answer["outputs"])
+        outputs = _probabilities(answer)
         assert outputs.shape == expected.shape
         assert np.allclose(outputs, expected, atol=1e-6)
 
 
 def test_plain_json_values_score_as_their_tf_examples(server, json_rows, b64, expected, not_served):
-    by_b64 = np.array(_predict(server, {"instances": b64})["predictions"])
-    rows = np.array(_predict(server, {"instances": json_rows})["predictions"])
+    by_b64 = _probabilities(_predict(server, {"instances": b64}))
+    rows = _probabilities(_predict(server, {"instances": json_rows}))
     assert np.allclose(rows, by_b64, atol=1e-6)
     assert np.allclose(rows, expected, atol=1e-6)
     # A client may send whole rows: features kept out of serving (the label) are ignored.
     with_label = [{**row, **{name: 1 for name in not_served}} for row in json_rows]
-    assert np.allclose(_predict(server, {"instances": with_label})["predictions"], by_b64, atol=1e-6)
+    assert np.allclose(_probabilities(_predict(server, {"instances": with_label})), by_b64, atol=1e-6)
 
 
 def test_columnar_plain_json_values_with_nulls_score_as_rows(server, json_rows, expected):
@@ -212,13 +227,13 @@ def test_columnar_plain_json_values_with_nulls_score_as_rows(server, json_rows, 
     assert any(None in column for column in columns.values()), "the rows should have a missing value to send as null"
     answer = _predict(server, {"inputs": columns})
     assert list(answer) == ["outputs"]
-    assert np.allclose(answer["outputs"], expected, atol=1e-6)
+    assert np.allclose(_probabilities(answer), expected, atol=1e-6)
 
 
 def test_explicit_version_and_signature_name(server, served, b64, expected):
     path = f"/v1/models/{served.name}/versions/{served.version}:predict"
     answer = _predict(server, {"signature_name": "serving_default", "instances": b64[:2]}, path)
-    assert np.allclose(answer["predictions"], expected[:2], atol=1e-6)
+    assert np.allclose(_probabilities(answer), expected[:2], atol=1e-6)
     status, answer = _call(server, "POST", path, {"signature_name": "classify", "instances": b64[:2]})
     assert status == 400
     assert answer == {"error": 'Serving signature name: "classify" not found in signature def'}
@@ -290,7 +305,7 @@ def test_errors_as_tf_serving_reports_them(server, b64, json_rows, schema, metho
 def test_concurrent_requests_get_their_own_answers(server, b64, expected):
     def one(i):
         size = 1 + i % len(b64)
-        return size, _predict(server, {"instances": b64[:size]})["predictions"]
+        return size, _probabilities(_predict(server, {"instances": b64[:size]}))
 
     with ThreadPoolExecutor(8) as pool:
         for size, predictions in pool.map(one, range(24)):
@@ -311,7 +326,7 @@ def test_new_versions_are_picked_up_and_removed_ones_dropped(served, b64, expect
         assert _wait_for(lambda: _versions(server, served.name) == [str(new), str(old)])
         _, answer = _call(server, "GET", f"/v1/models/{served.name}/metadata")
         assert answer["model_spec"]["version"] == str(new), "the highest version is the default"
-        assert np.allclose(_predict(server, {"instances": b64})["predictions"], expected, atol=1e-6)
+        assert np.allclose(_probabilities(_predict(server, {"instances": b64})), expected, atol=1e-6)
 
         # Removed as retention removes: renamed out of the version namespace, then deleted.
         doomed = model_dir / f".staging-deleting-{new}"
@@ -337,7 +352,7 @@ def test_a_version_that_does_not_load_is_reported_and_the_others_still_served(se
         assert states[str(served.version)]["state"] == "AVAILABLE"
         assert states[str(served.version + 1)]["state"] == "END"
         assert states[str(served.version + 1)]["status"]["error_code"] != "OK"
-        assert np.allclose(_predict(server, {"instances": b64})["predictions"], expected, atol=1e-6)
+        assert np.allclose(_probabilities(_predict(server, {"instances": b64})), expected, atol=1e-6)
 
 
 def test_a_reader_never_sees_a_partial_or_repeated_version_during_rapid_pushes(served, tmp_path):
