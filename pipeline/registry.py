@@ -239,7 +239,11 @@ def served_version(model_dir: str) -> Optional[int]:
     return present[-1] if present else None
 
 
-def headline(summary: Optional[RunSummary], names=("auc", "binary_accuracy")) -> str:
+# The metrics `models list` shows, whichever the task computed (binary, multiclass, regression).
+HEADLINE_METRICS = ("auc", "binary_accuracy", "sparse_categorical_accuracy", "root_mean_squared_error")
+
+
+def headline(summary: Optional[RunSummary], names=HEADLINE_METRICS) -> str:
     if summary is None:
         return ""
     parts = []

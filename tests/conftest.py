@@ -73,7 +73,8 @@ def small_taxi_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def e2e_config(small_taxi_dir, tmp_path_factory):
-    """The taxi config on 400 rows, with a small step budget and thresholds a tiny model can meet."""
+    """The taxi config on 400 rows, one feature of each kind, a small step budget and thresholds a
+    tiny model can meet."""
     config = load_config(TAXI_CONFIG, output_dir=tmp_path_factory.mktemp("e2e"), data_root=small_taxi_dir)
     evaluation = EvaluationConfig(
         metrics=config.evaluation.metrics,
@@ -83,7 +84,9 @@ def e2e_config(small_taxi_dir, tmp_path_factory):
         ),
         slices=config.evaluation.slices,
     )
-    return config.replace(training=TrainingConfig(train_steps=40, eval_steps=5), evaluation=evaluation)
+    return config.replace(
+        training=TrainingConfig(train_steps=40, eval_steps=5), evaluation=evaluation, features=SMALL_FEATURES
+    )
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ trains, evaluates and pushes. The pushed model is then called the way clients ca
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,6 +90,15 @@ def test_predictions_have_the_tasks_shape_and_type(task_runs, task):
     if task == "binary":
         assert config.classes == ("no", "yes")
         np.testing.assert_allclose(out["probabilities"][:, 0], out["scores"][:, 1], rtol=1e-6)
+
+
+@pytest.mark.parametrize("task, metric", [("multiclass", "sparse_categorical_accuracy"), ("regression", "root_mean")])
+def test_models_list_shows_the_tasks_headline_metric(task_runs, task, metric, capsys):
+    config, *_ = task_runs[task]
+    config_path = str(config.source)
+    output_dir = str(Path(config.output.metadata_path).parent)
+    assert main(["models", "list", "--config", config_path, "--output-dir", output_dir]) == 0
+    assert metric in capsys.readouterr().out
 
 
 def test_evaluation_reports_the_tasks_metrics(task_runs):

@@ -28,7 +28,7 @@ def test_models_show_holds_provenance_data_metrics_and_thresholds(cli_args, two_
     assert main(["models", "show", str(versions[0]), *cli_args]) == 0
     out = capsys.readouterr().out
     assert "git commit: " in out and "uncommitted changes: " in out and "user: " in out
-    assert "feature company: categorical_string top_k=50 oov_buckets=1" in out
+    assert "feature payment_type: categorical_string top_k=10 oov_buckets=1" in out
     assert "training data: " in out and "evaluation data: " in out and "(span 0, version 0)" in out
     assert "rows: eval " in out
     assert "schema: " in out and "sha256" in out
