@@ -24,6 +24,10 @@ import time
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, this directory comes first on sys.path, and benchmarks/pipeline.py would shadow
+# the `pipeline` package: put the project root there instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(PROJECT_ROOT))
 
 # Runs one pipeline in this child process and reports its peak memory (KiB) on the last line.
 _REFERENCE = """
@@ -31,10 +35,12 @@ import os, resource, sys
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 from tfx.examples.chicago_taxi_pipeline import taxi_pipeline_native_keras as t
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
-root = sys.argv[1]
+root, here = sys.argv[1], os.path.dirname(t.__file__)
+# The example's own data and module file, from the installed package (it expects them under ~/taxi).
 LocalDagRunner().run(t._create_pipeline(
     pipeline_name="chicago_taxi_native_keras", pipeline_root=os.path.join(root, "pipeline_root"),
-    data_root=t._data_root, module_file=t._module_file, serving_model_dir=os.path.join(root, "serving_model"),
+    data_root=os.path.join(here, "data", "simple"), module_file=os.path.join(here, "taxi_utils_native_keras.py"),
+    serving_model_dir=os.path.join(root, "serving_model"),
     metadata_path=os.path.join(root, "metadata.db"), beam_pipeline_args=t._beam_pipeline_args))
 usage = [resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
 print("MAXRSS", max(usage))
@@ -86,7 +92,7 @@ def main(argv=None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     data = work / "data"
     data.mkdir(parents=True)
-    source = Path(reference._taxi_root) / "data" / "big_tipper_label" / "data.csv"
+    source = Path(reference.__file__).parent / "data" / "big_tipper_label" / "data.csv"
     shutil.copy(source, data / "data.csv")
 
     ref_times, our_times, ref_rss, our_rss, components = [], [], [], [], []

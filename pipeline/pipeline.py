@@ -134,11 +134,48 @@ def _training_examples(config: PipelineConfig, example_gen) -> tuple:
     return resolver.outputs["examples"], [resolver]
 
 
-def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
+def _model_nodes(config: PipelineConfig, example_gen, import_schema_gen, transform) -> list:
+    """The latest-blessed-model resolver, Trainer, Evaluator and SafePusher."""
+    component_config = config.component_config()
+    latest_blessed_model_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model_resolver")
+    trainer = tfx.components.Trainer(
+        run_fn=RUN_FN,
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=import_schema_gen.outputs["schema"],
+        base_model=latest_blessed_model_resolver.outputs["model"],
+        train_args=tfx.proto.TrainArgs(num_steps=config.training.train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
+        custom_config=component_config,
+    )
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=latest_blessed_model_resolver.outputs["model"],
+        eval_config=eval_config(config.label, config.evaluation, config.task, config.classes),
+    )
+    pusher = SafePusher(
+        model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        examples=example_gen.outputs["examples"],
+        schema=import_schema_gen.outputs["schema"],
+        serving_model_dir=config.serving_model_dir,
+        keep_versions=config.keep_versions,
+    )
+    return [latest_blessed_model_resolver, trainer, evaluator, pusher]
+
+
+def create_pipeline(config: PipelineConfig, data_stages_only: bool = False) -> tfx.dsl.Pipeline:
     """Builds the Conveyor pipeline from a validated config; pure, reads nothing from the environment.
 
     Args:
       config: the dataset config with this run's output locations.
+      data_stages_only: stop after Transform (ExampleGen through the data gate and Transform), as
+        benchmarks/scale.py measures them.
 
     Returns:
       The TFX pipeline: ExampleGen through a push of blessed models only.
@@ -180,35 +217,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         force_tf_compat_v1=True,
     )
     transform.add_upstream_node(data_gate)
-    latest_blessed_model_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
-    trainer = tfx.components.Trainer(
-        run_fn=RUN_FN,
-        examples=transform.outputs["transformed_examples"],
-        transform_graph=transform.outputs["transform_graph"],
-        schema=import_schema_gen.outputs["schema"],
-        base_model=latest_blessed_model_resolver.outputs["model"],
-        train_args=tfx.proto.TrainArgs(num_steps=config.training.train_steps),
-        eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
-        custom_config=component_config,
-    )
-    evaluator = tfx.components.Evaluator(
-        examples=example_gen.outputs["examples"],
-        model=trainer.outputs["model"],
-        baseline_model=latest_blessed_model_resolver.outputs["model"],
-        eval_config=eval_config(config.label, config.evaluation, config.task, config.classes),
-    )
-    pusher = SafePusher(
-        model=trainer.outputs["model"],
-        model_blessing=evaluator.outputs["blessing"],
-        examples=example_gen.outputs["examples"],
-        schema=import_schema_gen.outputs["schema"],
-        serving_model_dir=config.serving_model_dir,
-        keep_versions=config.keep_versions,
-    )
+    model_nodes = [] if data_stages_only else _model_nodes(config, example_gen, import_schema_gen, transform)
     metadata = None
     if config.output.metadata_path:
         metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.output.metadata_path)
@@ -226,10 +235,7 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
             data_gate,
             *window_nodes,
             transform,
-            latest_blessed_model_resolver,
-            trainer,
-            evaluator,
-            pusher,
+            *model_nodes,
         ],
         enable_cache=True,
         metadata_connection_config=metadata,
