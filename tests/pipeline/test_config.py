@@ -156,3 +156,15 @@ def test_missing_and_malformed_files(tmp_path):
     empty.write_text("")
     with pytest.raises(ConfigError, match="is empty"):
         load_config(empty)
+
+
+def test_data_stages_only_ends_at_transform_and_compiles(raw):
+    from tfx.dsl.compiler.compiler import Compiler
+
+    from pipeline.pipeline import create_pipeline
+
+    pipeline = create_pipeline(parse(raw), data_stages_only=True)
+    ids = [c.id for c in pipeline.components]
+    assert ids[-1] == "Transform" and {"Trainer", "Evaluator", "SafePusher"}.isdisjoint(ids)
+    assert "DataGate" in ids
+    Compiler().compile(pipeline)  # no node refers to one that is not there
