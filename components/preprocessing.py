@@ -36,10 +36,10 @@ def transform_feature(feature: FeatureConfig, x: Any) -> dict[str, tf.Tensor]:
     if feature.kind == "hashed":
         value, _ = to_dense(x if x.dtype == tf.string else _as_string(x), "")
         return {feature.transformed_name: tf.strings.to_hash_bucket_fast(value, feature.hash_buckets)}
-    if feature.kind == "categorical_string":
-        value, _ = to_dense(x, "")
-    else:
-        value, _ = to_dense(tf.cast(x, tf.int64) if not isinstance(x, tf.SparseTensor) else x, -1)
+    # Integers go through their text, so that a missing value, like a missing string, is the empty
+    # token: tf.Transform never puts "" in a vocabulary, so it lands in an out-of-vocabulary bucket
+    # instead of taking one of the top_k places from a real value.
+    value, _ = to_dense(x if x.dtype == tf.string else _as_string(x), "")
     index = tft.compute_and_apply_vocabulary(
         value,
         top_k=feature.top_k,

@@ -73,11 +73,12 @@ def thresholds(evaluator: NodeExecution) -> list[dict[str, Any]]:
                     )
                 if change:
                     absolute = change.get("absolute", 0)
+                    lower_is_better = change.get("direction") in ("LOWER_IS_BETTER", 1)
                     found.append(
                         {
                             "metric": name,
                             "kind": "change vs baseline",
-                            "bound": f"candidate - baseline >= {absolute}",
+                            "bound": f"candidate - baseline {'<=' if lower_is_better else '>='} {absolute}",
                             "passed": (name, True) not in failures,
                         }
                     )

@@ -10,6 +10,7 @@ import datetime as dt
 import getpass
 import json
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -55,9 +56,15 @@ def provenance(context: metadata_store_pb2.Context) -> dict:
     return {k: custom_property(context, k) for k in PROVENANCE_KEYS if custom_property(context, k) is not None}
 
 
+# The code a run executes is this project's, wherever `conveyor` was started from.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
 def _git(*args: str) -> str:
     try:
-        result = subprocess.run(["git", *args], capture_output=True, text=True, check=False, timeout=10)
+        result = subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=False, timeout=10, cwd=PROJECT_ROOT
+        )
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return result.stdout.strip() if result.returncode == 0 else ""
@@ -199,10 +206,13 @@ def rollback(metadata_path: str, pipeline_name: str, model_dir: str, to: Optiona
         raise ValueError(
             f"version {to} has no push recorded in {metadata_path}; only blessed pushed versions can be restored"
         )
-    new_version = publish(Path(model_dir) / str(to), model_dir)
+    marker = {"rollback_of": to, "by": getpass.getuser(), "at": dt.datetime.now(dt.timezone.utc).isoformat()}
+    with tempfile.TemporaryDirectory() as scratch:
+        # The marker travels inside the staging copy, so it is there the moment the version appears.
+        marker_path = Path(scratch) / "rollback.json"
+        marker_path.write_text(json.dumps(marker), encoding="utf-8")
+        new_version = publish(Path(model_dir) / str(to), model_dir, extra_files={"rollback.json": marker_path})
     destination = str(Path(model_dir) / str(new_version))
-    with open(Path(destination) / "assets.extra" / "rollback.json", "w", encoding="utf-8") as f:
-        json.dump({"rollback_of": to, "by": getpass.getuser(), "at": dt.datetime.now(dt.timezone.utc).isoformat()}, f)
     _record_rollback(store, pipeline_name, source, to, new_version, destination)
     write_models_config(model_dir, stable=new_version, canary=new_version)
     return to, new_version

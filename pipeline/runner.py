@@ -189,8 +189,11 @@ _DEPENDENCY_FLAGS = ("--extra_package", "--setup_file", "--requirements_file", "
 
 
 # Input size above which the DirectRunner fans out to one worker process per core. Below it the
-# processes' start-up and the pickling between them cost more than they save (README, Performance).
-MULTI_PROCESSING_BYTES = 64 * 2**20
+# processes' start-up and the pickling between them cost more than they save: on 2 cores, 100k
+# rows (12 MiB) ran the data stages 1.28x slower in multi-processing mode (README, Performance).
+# Where the crossover lies was not measured; 1 GiB is a conservative guess, and beyond one machine
+# the answer is a cluster runner anyway.
+MULTI_PROCESSING_BYTES = 2**30
 
 
 def _input_bytes(data_root: str) -> int:

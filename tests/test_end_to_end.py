@@ -173,3 +173,20 @@ def test_data_gate_stops_the_run_before_transform_and_keeps_served_models(gate_r
     assert executions["DataGate"].state == "failed"
     assert not {"Transform", "Trainer", "Evaluator", "SafePusher"} & set(executions)
     assert after == before, "the serving directory must be byte-for-byte unchanged"
+
+
+def test_runs_show_names_the_failed_component_and_its_error(gate_runs, e2e_config, capsys):
+    from pipeline.cli import main
+
+    store = open_store(e2e_config.output.metadata_path)
+    failed_run = pipeline_runs(store, e2e_config.name)[-1]  # the last gate run: skewed serving data
+    args = ["--config", e2e_config.source, "--output-dir", str(Path(e2e_config.output.metadata_path).parent)]
+    assert main(["runs", "list", *args]) == 0
+    listed = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(failed_run.name))
+    assert "failed" in listed and "failed at DataGate" in listed
+    assert main(["runs", "show", failed_run.name, *args]) == 0
+    out = capsys.readouterr().out
+    assert "status: failed" in out
+    assert "failed component: DataGate" in out
+    error = next(line for line in out.splitlines() if line.strip().startswith("error: "))
+    assert "payment_type" in error and "conveyor schema diff" in error

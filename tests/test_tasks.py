@@ -127,3 +127,20 @@ def test_rest_api_answers_with_plain_json(task_runs, task):
         assert len(predictions[0]["scores"]) == 3
     else:
         assert isinstance(predictions[0][0], float)
+
+
+def test_models_show_states_change_bounds_in_each_metrics_direction(task_runs, capsys):
+    """Regression's RMSE is lower-is-better: a candidate may exceed the baseline by at most the
+    tolerance. Binary AUC is higher-is-better: it may fall below it by at most the tolerance."""
+    for task, class_name, metric, sign in (
+        ("regression", "RootMeanSquaredError", "root_mean_squared_error", "<="),
+        ("binary", "AUC", "auc", ">="),
+    ):
+        config, *_ = task_runs[task]
+        tolerance = next(t.max_change for t in config.evaluation.thresholds if t.metric == class_name)
+        bound = f"candidate - baseline {sign} {tolerance if sign == '<=' else -tolerance}"
+        version = list_versions(config.serving_model_dir)[-1]
+        output_dir = str(Path(config.output.metadata_path).parent)
+        assert main(["models", "show", str(version), "--config", str(config.source), "--output-dir", output_dir]) == 0
+        lines = [line for line in capsys.readouterr().out.splitlines() if "candidate - baseline" in line]
+        assert any(metric in line and bound in line for line in lines), (bound, lines)

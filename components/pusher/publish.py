@@ -146,9 +146,14 @@ def apply_retention(model_dir: str | Path, keep: int) -> list[int]:
     return removed
 
 
+OWN_LABELS = ("stable", "canary")
+
+
 def write_models_config(model_dir: str | Path, stable: int, canary: Optional[int] = None) -> Path:
-    """Writes `<serving root>/models.config` for this model: the two labelled versions loaded, with
-    labels `stable` and `canary` (canary defaults to stable). Other models' entries are kept.
+    """Writes `<serving root>/models.config` for this model: labels `stable` and `canary` (canary
+    defaults to stable) and the versions they name, loaded. Other models' entries are kept, and so
+    are a person's pins on this model (any other label, or a version listed by hand) while their
+    version directory exists: retention reads them from here.
 
     TF Serving: `tensorflow_model_server --model_config_file=<serving root>/models.config
     --allow_version_labels_for_unavailable_models`.
@@ -159,12 +164,23 @@ def write_models_config(model_dir: str | Path, stable: int, canary: Optional[int
     config = _read_models_config(model_dir.parent)
     entries = config.model_config_list.config
     entry = next((e for e in entries if e.name == model_dir.name), None) or entries.add()
+    previous_own = {entry.version_labels[label] for label in OWN_LABELS if label in entry.version_labels}
+    existing = set(list_versions(model_dir))
+    user_labels = {
+        label: version
+        for label, version in entry.version_labels.items()
+        if label not in OWN_LABELS and version in existing
+    }
+    user_versions = {v for v in entry.model_version_policy.specific.versions if v not in previous_own and v in existing}
     entry.Clear()
     entry.name = model_dir.name
     entry.base_path = str(model_dir)
     entry.model_platform = "tensorflow"
     canary = canary if canary is not None else stable
-    entry.model_version_policy.specific.versions.extend(sorted({stable, canary}))
+    versions = {stable, canary} | user_versions | set(user_labels.values())
+    entry.model_version_policy.specific.versions.extend(sorted(versions))
+    for label, version in sorted(user_labels.items()):
+        entry.version_labels[label] = version
     entry.version_labels["stable"] = stable
     entry.version_labels["canary"] = canary
     path = model_dir.parent / MODELS_CONFIG

@@ -143,3 +143,29 @@ def test_integer_labels_map_through_their_text_and_regression_keeps_the_value(tm
         tmp_path / "b",
     )
     assert [r["label_xf"] for r in out] == pytest.approx([2.5, -1.0])
+
+
+_OPTIONAL_CATEGORICALS = """
+feature { name: "color" type: BYTES }
+feature { name: "weekday" type: INT }
+feature { name: "label" type: INT presence { min_fraction: 1.0 } shape { dim { size: 1 } } }
+"""
+
+
+def test_missing_categorical_values_go_to_the_oov_bucket_not_into_the_vocabulary(tmp_path):
+    rows = [
+        {"color": [b"red"], "weekday": [1], "label": [0]},
+        {"color": [b"red"], "weekday": [1], "label": [1]},
+        {"color": [], "weekday": [2], "label": [0]},
+        {"color": [b"blue"], "weekday": [], "label": [1]},
+        {"color": [], "weekday": [], "label": [0]},
+    ]
+    features = (
+        FeatureConfig("color", "categorical_string", top_k=3, oov_buckets=1),
+        FeatureConfig("weekday", "categorical_int", top_k=3, oov_buckets=1),
+    )
+    out = _run(rows, features, _OPTIONAL_CATEGORICALS, {"label": "label", "task": "binary"}, tmp_path)
+    # Two real values each, so indices 0 and 1 are the vocabulary and 2 is the OOV bucket; a missing
+    # value (twice, the most frequent "value") must not take a vocabulary place from a real one.
+    assert [r["color_xf"] for r in out] == [0, 0, 2, 1, 2]
+    assert [r["weekday_xf"] for r in out] == [0, 0, 1, 2, 2]

@@ -1,10 +1,12 @@
 """`conveyor models list/show` and `conveyor runs list` over a real run's ML Metadata (read-only)."""
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from pipeline.cli import main
+from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -28,6 +30,8 @@ def test_models_show_holds_provenance_data_metrics_and_thresholds(cli_args, two_
     assert main(["models", "show", str(versions[0]), *cli_args]) == 0
     out = capsys.readouterr().out
     assert "git commit: " in out and "uncommitted changes: " in out and "user: " in out
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=PROJECT_ROOT).stdout
+    assert head.strip() and f"git commit: {head.strip()}" in out
     assert "feature payment_type: categorical_string top_k=10 oov_buckets=1" in out
     assert "training data: " in out and "evaluation data: " in out and "(span 0, version 0)" in out
     assert "rows: eval " in out

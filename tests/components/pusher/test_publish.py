@@ -79,3 +79,33 @@ def test_extra_files_are_in_place_before_the_version_appears(tmp_path):
     schema.write_text("feature {}")
     version = publish(_model(tmp_path / "m"), tmp_path / "taxi", now=5, extra_files={"schema.pbtxt": schema})
     assert (tmp_path / "taxi" / str(version) / "assets.extra" / "schema.pbtxt").read_text() == "feature {}"
+
+
+def test_a_persons_pins_survive_later_pushes_and_retention(tmp_path):
+    from components.pusher.publish import apply_retention, pinned_versions, write_models_config
+
+    serving = tmp_path / "serving" / "taxi"
+    versions = [publish(_model(tmp_path / f"m{i}", str(i)), serving, now=10) for i in range(3)]
+    path = write_models_config(serving, stable=11, canary=12)
+    # A person pins version 10 with a label of their own, and lists it among the loaded versions.
+    path.write_text(
+        path.read_text()
+        .replace("versions: 11", "versions: 10\n        versions: 11")
+        .replace('key: "canary"', 'key: "audit"\n      value: 10\n    }\n    version_labels {\n      key: "canary"')
+    )
+    assert pinned_versions(serving) == {10, 11, 12}
+    for i in range(3, 8):  # five more pushes, each rewriting the config as SafePusher does
+        new = publish(_model(tmp_path / f"m{i}", str(i)), serving, now=10)
+        write_models_config(serving, stable=versions[-1], canary=new)
+        versions.append(new)
+        apply_retention(serving, keep=2)
+    assert 10 in list_versions(serving), "the pinned version must never be deleted"
+    assert (serving / "10" / "saved_model.pb").read_text() == "0"
+    assert list_versions(serving) == [10, 16, 17]
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = text_format.Parse(path.read_text(), model_server_config_pb2.ModelServerConfig())
+    (entry,) = config.model_config_list.config
+    assert dict(entry.version_labels) == {"audit": 10, "stable": 16, "canary": 17}
+    assert list(entry.model_version_policy.specific.versions) == [10, 16, 17]
