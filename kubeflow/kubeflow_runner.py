@@ -81,6 +81,9 @@ def cluster_config(config: PipelineConfig, overrides: Optional[KubeflowConfig] =
         output=OutputConfig(pipeline_root=facts.pipeline_root, serving_root=facts.serving_root, metadata_path=None),
         beam_args=facts.beam_args or config.beam_args,
         kubeflow=facts,
+        # KubeflowV2DagRunner compiles only TFX's stock resolver strategies: a cluster re-run of
+        # unchanged data trains again from the latest blessed model instead of hitting the cache.
+        reuse_unchanged_runs=False,
     )
 
 

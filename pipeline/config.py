@@ -169,6 +169,10 @@ class PipelineConfig:
     beam_args: tuple[str, ...] = ()
     kubeflow: KubeflowConfig = field(default_factory=KubeflowConfig)
     source: Optional[str] = None
+    # An orchestrator fact, not a dataset one: whether the warm-start resolver may use Conveyor's
+    # own strategy (components.warm_start), which lets an unchanged re-run be served wholly from
+    # cache. KubeflowV2DagRunner compiles only TFX's stock resolver strategies.
+    reuse_unchanged_runs: bool = True
 
     @property
     def serving_model_dir(self) -> str:

@@ -8,6 +8,7 @@ from tfx import v1 as tfx
 from components.data_gate.component import DataGate
 from components.features import PREDICTION_KEY, TRANSFORM_SIGNATURE, transformed_label
 from components.pusher.component import SafePusher
+from components.warm_start import WarmStartModelStrategy
 from pipeline.config import ConfigError, EvaluationConfig, PipelineConfig
 
 PREPROCESSING_FN = "components.preprocessing.preprocessing_fn"
@@ -134,14 +135,40 @@ def _training_examples(config: PipelineConfig, example_gen) -> tuple:
     return resolver.outputs["examples"], [resolver]
 
 
+def _latest_blessed_model_resolver(config: PipelineConfig, import_schema_gen, transform) -> tfx.dsl.Resolver:
+    """The Trainer's base model and the Evaluator's baseline: the latest blessed model.
+
+    With `reuse_unchanged_runs`, Conveyor's WarmStartModelStrategy, which also sees this run's
+    Trainer inputs, so that an unchanged re-run resolves what the run it repeats resolved and the
+    Trainer, Evaluator and pusher are served from cache; otherwise TFX's LatestBlessedModelStrategy.
+    """
+    models = {
+        "model": tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        "model_blessing": tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    }
+    if not config.reuse_unchanged_runs:
+        return tfx.dsl.Resolver(strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy, **models).with_id(
+            "latest_blessed_model_resolver"
+        )
+    return tfx.dsl.Resolver(
+        strategy_class=WarmStartModelStrategy,
+        config={
+            "custom_config": config.component_config(),
+            "train_steps": config.training.train_steps,
+            "eval_steps": config.training.eval_steps,
+            "run_fn": RUN_FN,
+        },
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=import_schema_gen.outputs["schema"],
+        **models,
+    ).with_id("latest_blessed_model_resolver")
+
+
 def _model_nodes(config: PipelineConfig, example_gen, import_schema_gen, transform) -> list:
     """The latest-blessed-model resolver, Trainer, Evaluator and SafePusher."""
     component_config = config.component_config()
-    latest_blessed_model_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model_resolver")
+    latest_blessed_model_resolver = _latest_blessed_model_resolver(config, import_schema_gen, transform)
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],

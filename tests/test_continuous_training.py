@@ -63,7 +63,9 @@ def span_runs(tmp_path_factory):
     results["b"] = run_local(config(window=2), io.StringIO(), logs)
     results["versions_b"] = list_versions(config().serving_model_dir)
     # Deliberately worse: one training step, and other layer sizes so no dense layer can warm-start.
-    worse = config(training=TrainingConfig(train_steps=1, eval_steps=5), model=ModelConfig(hidden_units=(7,)))
+    # Same data as span 2's run (Transform is served from cache), other training config: the
+    # warm-start resolver must give the latest blessed model, as for new data.
+    worse = config(window=2, training=TrainingConfig(train_steps=1, eval_steps=5), model=ModelConfig(hidden_units=(7,)))
     worse = worse.replace(
         evaluation=EvaluationConfig(
             metrics=evaluation.metrics, thresholds=(ThresholdConfig("AUC", lower_bound=0.3, max_change=0.0),)
@@ -112,6 +114,14 @@ def test_a_worse_candidate_is_not_blessed_and_the_served_model_stays(span_runs):
     assert c.pushed_to is None and "did not bless" in c.not_pushed_reason
     assert span_runs["versions_c"] == span_runs["versions_b"]
     assert "fresh: dense_0" in c.training
+    config = span_runs["config"]
+    store = open_store(config.output.metadata_path)
+    run_b, run_c = pipeline_runs(store, config.name)[1:3]
+    b, c_executions = run_executions(store, run_b, config.name), run_executions(store, run_c, config.name)
+    assert c_executions["Transform"].state == "cached"
+    model_b = b["Trainer"].output("model")
+    assert [m.id for m in c_executions["Trainer"].inputs["base_model"]] == [model_b.id]
+    assert [m.id for m in c_executions["Evaluator"].inputs["baseline_model"]] == [model_b.id]
 
 
 def test_runs_show_names_the_failed_threshold_of_a_not_blessed_run(span_runs, capsys):

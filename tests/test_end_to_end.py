@@ -100,16 +100,21 @@ def test_first_summary_reports_rows_metrics_and_blessing(two_runs):
 
 
 def test_second_run_is_served_from_cache_and_pushes_nothing_new(two_runs, e2e_config):
-    _, versions_after_first, second, versions_after_second = two_runs
-    assert UPSTREAM_OF_TRAINER <= set(second.summary.cached)
+    first, versions_after_first, second, versions_after_second = two_runs
+    from_cache = UPSTREAM_OF_TRAINER | {"Trainer", "Evaluator", "SafePusher"}
+    assert from_cache <= set(second.summary.cached)
     assert versions_after_second == versions_after_first
     assert second.summary.pushed_to is None
-    assert "already serves a model trained from the same inputs" in second.summary.not_pushed_reason
+    reason = f"inputs unchanged; {first.summary.pushed_to} was pushed by an earlier run"
+    assert second.summary.not_pushed_reason == reason
     store = open_store(e2e_config.output.metadata_path)
     runs = pipeline_runs(store, e2e_config.name)
     assert len(runs) == 2
-    cached = {n for n, e in run_executions(store, runs[1], e2e_config.name).items() if e.state == "cached"}
-    assert UPSTREAM_OF_TRAINER <= cached
+    executions = run_executions(store, runs[1], e2e_config.name)
+    assert from_cache <= {n for n, e in executions.items() if e.state == "cached"}
+    # The warm-start resolver gave the re-run what the first run had (no base model), not the model
+    # the first run trained from this very data: that is why the Trainer could be served from cache.
+    assert not executions["Trainer"].inputs.get("base_model")
 
 
 def _variant(tmp_path_factory, name, column, value_for_row):
@@ -188,5 +193,7 @@ def test_runs_show_names_the_failed_component_and_its_error(gate_runs, e2e_confi
     out = capsys.readouterr().out
     assert "status: failed" in out
     assert "failed component: DataGate" in out
-    error = next(line for line in out.splitlines() if line.strip().startswith("error: "))
-    assert "payment_type" in error and "conveyor schema diff" in error
+    error = out[out.index("  error: ") :]
+    assert error.startswith("  error: Data gate: ")
+    assert "payment_type" in error and "Linfty distance between training and serving" in error
+    assert "conveyor schema diff" in error

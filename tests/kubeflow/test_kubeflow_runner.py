@@ -67,7 +67,11 @@ def test_every_component_with_the_same_dependencies_as_the_local_pipeline(compil
     for name, task in tasks.items():
         actual.setdefault(_task_node(name), set()).update(_task_node(t) for t in task.get("dependentTasks", []))
     actual[RESOLVER] -= {RESOLVER}
-    assert actual == expected
+    # The one difference, by design: locally the warm-start resolver also reads this run's Trainer
+    # inputs (components.warm_start), which KubeflowV2DagRunner cannot compile; on the cluster it
+    # is TFX's stock LatestBlessedModelStrategy, which needs no upstream node.
+    assert expected[RESOLVER] == {"Transform", "ImportSchemaGen"}
+    assert actual == {**expected, RESOLVER: set()}
 
 
 def test_every_executor_runs_the_configured_image(compiled):

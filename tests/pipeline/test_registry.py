@@ -49,7 +49,7 @@ def test_runs_list_shows_both_runs(cli_args, two_runs, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert len(lines) >= 2
     assert any("pushed version" in line for line in lines)
-    assert any("already serves a model trained from the same inputs" in line for line in lines)
+    assert any("inputs unchanged" in line and "was pushed by an earlier run" in line for line in lines)
 
 
 def test_unknown_version_is_an_error(cli_args, capsys):
