@@ -113,6 +113,27 @@ def test_drift_beyond_the_threshold_is_flagged(tmp_path, taxi):
     assert drift(before, before, schema, "train") == []
 
 
+def test_numeric_drift_beyond_the_jensen_shannon_threshold_is_flagged(tmp_path, taxi):
+    import tensorflow_data_validation as tfdv
+
+    header, rows = taxi
+    i = _column(header, "fare")
+    # Fares ten times higher: the distribution moves away from its old range entirely.
+    pricier = [r[:i] + [f"{float(r[i]) * 10 + 500:.2f}"] + r[i + 1 :] for r in rows]
+    before = csv_statistics(read_csv_input(write_csv(tmp_path / "a" / "d.csv", header, rows)))
+    after = csv_statistics(read_csv_input(write_csv(tmp_path / "b" / "d.csv", header, pricier)))
+    schema = tfdv.load_schema_text(CONFIG.schema_path)
+    fare = next(f for f in schema.feature if f.name == "fare")
+    assert fare.drift_comparator.HasField("jensen_shannon_divergence")
+    found = drift(after, before, schema, "train")
+    assert [a.feature for a in found] == ["fare"]
+    assert "Jensen-Shannon" in found[0].description or "JSD" in found[0].description, found[0].description
+    # Within the threshold: the same fares with a cent of noise do not count as drift.
+    nudged = [r[:i] + [f"{float(r[i]) + 0.01:.2f}"] + r[i + 1 :] for r in rows]
+    close = csv_statistics(read_csv_input(write_csv(tmp_path / "c" / "d.csv", header, nudged)))
+    assert drift(close, before, schema, "train") == []
+
+
 def test_training_serving_skew_is_flagged_and_serving_data_never_lacks_its_label(tmp_path, taxi):
     import tensorflow_data_validation as tfdv
 

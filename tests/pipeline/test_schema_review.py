@@ -99,3 +99,42 @@ def test_approving_a_feature_without_changes_is_refused(project, capsys):
     assert main(["schema", "approve", "--config", str(config), "--feature", "fare"]) == 2
     assert "no pending change for feature(s) fare" in capsys.readouterr().err
     assert schema.read_text() == before
+
+
+def test_diff_names_removed_type_presence_valency_values_gone_and_range_changes(tmp_path):
+    """One data drop with every other kind of change, through real TFDV statistics and inference."""
+    from pipeline.schema_review import write_schema
+
+    header_text, curated = read_schema(load_config(TAXI_CONFIG).schema_path)
+    hour = next(f for f in curated.feature if f.name == "trip_start_hour")
+    hour.int_domain.min, hour.int_domain.max = 0, 12  # a reviewed range the data will exceed
+    schema = tmp_path / "schema.pbtxt"
+    write_schema(schema, header_text, curated)
+
+    header, rows = sample_taxi_rows(300, seed=11)
+    col = {name: i for i, name in enumerate(header)}
+    changed = []
+    for n, r in enumerate(rows):
+        r = list(r)
+        r[col["payment_type"]] = "Cash"  # every other payment type is gone
+        if n % 10 == 0:
+            r[col["fare"]] = "n/a"  # FLOAT becomes BYTES
+        if n % 4 == 0:
+            r[col["trip_miles"]] = ""  # TFDV reads an empty field as no value: shape [1] no longer holds
+        r[col["pickup_census_tract"]] = "17031081500"  # optional in the schema, now always present
+        changed.append([v for i, v in enumerate(r) if i != col["company"]])  # the column is removed
+    write_csv(tmp_path / "data" / "drop.csv", [h for h in header if h != "company"], changed)
+
+    result, _ = diff(tmp_path / "data", schema)
+    lines = {(c.feature, c.kind): c.line() for c in result.changes}
+    assert lines[("company", "removed")] == "company: feature removed: the data has no such column"
+    assert lines[("fare", "type")] == "fare: type changed from FLOAT to BYTES"
+    assert lines[("pickup_census_tract", "presence")] == (
+        "pickup_census_tract: presence changed from min_fraction 0, min_count 0 to min_fraction 1, min_count 1"
+    )
+    assert lines[("trip_miles", "valency")] == "trip_miles: valency changed from shape [1] to any number of values"
+    gone = lines[("payment_type", "values_gone")]
+    assert gone.startswith("payment_type: 6 categorical value(s) gone: ") and "'Credit Card'" in gone
+    assert lines[("trip_start_hour", "range")].startswith(
+        "trip_start_hour: numeric range changed: data spans [0, 23], schema allows [0, 12]"
+    )
