@@ -140,8 +140,10 @@ def cmd_schema_diff(args: argparse.Namespace) -> int:
     report_dir = Path(args.report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     md, page = report_dir / "schema_diff.md", report_dir / "schema_diff.html"
+    facets = report_dir / schema_review.FACETS_PAGE
     md.write_text(schema_review.markdown(result, config.schema_path), encoding="utf-8")
     page.write_text(schema_review.html_report(result, config.schema_path, anomalies), encoding="utf-8")
+    facets.write_text(schema_review.facets_report(result), encoding="utf-8")
     if result.changes:
         print(f"{len(result.changes)} difference(s) between {config.data_root} and {config.schema_path}:")
         for change in result.changes:
@@ -149,6 +151,7 @@ def cmd_schema_diff(args: argparse.Namespace) -> int:
     else:
         print(f"no differences: {config.data_root} matches {config.schema_path}")
     print(f"  reports: {md} (for a pull request), {page} (statistics; opens offline)")
+    print(f"           {facets} (TFDV's interactive Facets view; loads Facets' scripts from the web)")
     return EXIT_OK
 
 

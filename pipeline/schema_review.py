@@ -342,6 +342,23 @@ def _feature_charts(stats: statistics_pb2.DatasetFeatureStatisticsList) -> list[
     return charts
 
 
+# TFDV's own statistics view (Facets Overview). TFDV's page fetches Facets' web components from
+# cdnjs and GitHub at view time, and no package registry ships a build of them, so it cannot open
+# offline: html_report draws the same statistics itself, and this page is the interactive extra.
+FACETS_PAGE = "schema_diff_facets.html"
+
+
+def facets_report(diff: SchemaDiff) -> str:
+    """TFDV's interactive statistics visualisation of the data, as TFDV renders it in notebooks."""
+    from tensorflow_data_validation.utils.display_util import get_statistics_html
+
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Statistics: {html.escape(diff.data)}</title></head><body>
+{get_statistics_html(diff.statistics)}
+</body></html>
+"""
+
+
 def html_report(diff: SchemaDiff, schema_path: str, anomalies: Sequence[str]) -> str:
     """One self-contained page: the differences, the anomalies table and per-feature statistics charts."""
     esc = html.escape
@@ -366,6 +383,8 @@ h3 {{ margin-bottom: 0.2em; }} p {{ margin-top: 0; font-size: 12px; color: #555;
 <h2>Anomalies against the curated schema ({len(anomalies)})</h2>
 <table><tr><th>anomaly</th></tr>{anomaly_rows or "<tr><td>none</td></tr>"}</table>
 <h2>Statistics</h2>
+<p>TFDV's statistics of the data, feature by feature. The same statistics in TFDV's interactive
+Facets view: <a href="{FACETS_PAGE}">{FACETS_PAGE}</a> (needs the web for Facets' scripts).</p>
 {charts}
 </body></html>
 """

@@ -1,10 +1,12 @@
 """`conveyor schema diff` / `approve` on real TFDV statistics: plain-words changes, minimal edits, a review log."""
 
+import base64
 import json
 import shutil
 
 import pytest
 import yaml
+from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from pipeline.cli import main
 from pipeline.config import load_config
@@ -50,6 +52,12 @@ def test_diff_reports_each_change_in_plain_words_and_writes_reports(project, tmp
     page = (tmp_path / "r" / "schema_diff.html").read_text()
     assert "<svg" in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     assert "Crypto" in page
+    # TFDV's own Facets view of the same statistics, for when the web is at hand.
+    facets = (tmp_path / "r" / "schema_diff_facets.html").read_text()
+    encoded = facets.split('<facets-overview proto-input="', 1)[1].split('"', 1)[0]
+    shown = statistics_pb2.DatasetFeatureStatisticsList.FromString(base64.b64decode(encoded))
+    assert shown.datasets[0].num_examples == 300
+    assert 'href="schema_diff_facets.html"' in page
 
 
 def test_approve_some_then_all_then_diff_is_clean_and_data_passes(project):
