@@ -95,3 +95,29 @@ def test_runs_killed_in_transform_trainer_and_pusher_lose_nothing(tmp_path):
     assert last["SafePusher"].state == "complete"
     # Each killed process released the output lock (runs 2 to 4 could start) and left it free.
     assert "in use by" not in out
+
+
+def test_a_run_started_while_another_runs_is_refused_and_metadata_stays_whole(tmp_path):
+    data = tmp_path / "data"
+    write_csv(data / "data.csv", *sample_taxi_rows(200, seed=4))
+    output = tmp_path / "out"
+    args = ["--config", str(_config_file(tmp_path)), "--data-root", str(data), "--output-dir", str(output)]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    lock = output / ".conveyor.lock"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (lock.exists() and f"pid {first.pid}" in lock.read_text()):
+        time.sleep(0.2)
+    assert first.poll() is None, "the first run should still be running"
+    second = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", *args], capture_output=True, text=True)
+    assert second.returncode == 2
+    assert f"is in use by conveyor run (pid {first.pid}" in second.stderr
+    assert "pass another --output-dir" in second.stderr
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out.decode(errors="replace")
+    store = open_store(str(output / "metadata.sqlite"))
+    (run,) = pipeline_runs(store, "taxi")
+    executions = run_executions(store, run, "taxi")
+    assert {"Trainer", "Evaluator", "SafePusher"} <= {n for n, e in executions.items() if e.state == "complete"}
+    assert len(list_versions(output / "serving_model" / "taxi")) == 1

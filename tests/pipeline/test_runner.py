@@ -5,7 +5,7 @@ import pytest
 from pipeline.cli import main, run_input
 from pipeline.config import load_config
 from pipeline.runner import RunLocked, output_lock
-from tests.conftest import TAXI_CONFIG
+from tests.conftest import TAXI_CONFIG, sample_taxi_rows, write_csv
 
 
 def test_a_second_run_on_the_same_output_directory_is_refused(tmp_path):
@@ -46,6 +46,18 @@ def test_run_refuses_training_data_without_the_label(tmp_path, capsys):
     assert main(["run", "--data-root", str(data), "--output-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "d.csv, line 1: has no 'big_tipper' column" in err and "config key 'label'" in err
+
+
+def test_run_refuses_a_label_value_never_seen_naming_file_line_and_value(tmp_path, capsys):
+    header, rows = sample_taxi_rows(30, seed=2)
+    label = header.index("big_tipper")
+    rows[11][label] = "7"
+    write_csv(tmp_path / "data" / "d.csv", header, rows)
+    out = tmp_path / "out"
+    assert main(["run", "--data-root", str(tmp_path / "data"), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "d.csv, line 13: label 'big_tipper' is '7', not one of the configured classes ['0', '1']" in err
+    assert not out.exists(), "refused before anything ran"
 
 
 def test_an_output_directory_that_cannot_be_written_is_refused(tmp_path, capsys):

@@ -109,3 +109,29 @@ def test_a_persons_pins_survive_later_pushes_and_retention(tmp_path):
     (entry,) = config.model_config_list.config
     assert dict(entry.version_labels) == {"audit": 10, "stable": 16, "canary": 17}
     assert list(entry.model_version_policy.specific.versions) == [10, 16, 17]
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 1 MiB filesystem (tmpfs), or a skip where this user may not mount one."""
+    import subprocess
+
+    mount = tmp_path / "small_fs"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.decode().strip()}); needs root")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_fails_the_push_with_the_reason_and_leaves_nothing_half_written(tmp_path, full_disk):
+    serving = full_disk / "taxi"
+    first = publish(_model(tmp_path / "small", "served"), serving, now=7)
+    big = _model(tmp_path / "big", "b")
+    (big / "variables" / "variables.data-00000-of-00001").write_bytes(b"\0" * (2 * 2**20))
+    with pytest.raises(OSError, match="No space left on device"):
+        publish(big, serving, now=8)
+    assert list_versions(serving) == [first]
+    assert (serving / str(first) / "saved_model.pb").read_text() == "served"
+    assert [p.name for p in serving.iterdir()] == [str(first)], "the staging copy must be gone"
