@@ -60,7 +60,7 @@ def cluster_config(config: PipelineConfig, overrides: Optional[KubeflowConfig] =
         facts = KubeflowConfig(
             **{
                 name: getattr(overrides, name) or getattr(facts, name)
-                for name in ("pipeline_root", "data_root", "serving_root", "image", "beam_args")
+                for name in ("pipeline_root", "data_root", "serving_root", "image", "beam_args", "serving_pvc")
             }
         )
     if config.window > 1:
@@ -108,7 +108,33 @@ def compile_pipeline(config: PipelineConfig, output_file: str | Path) -> Path:
         output_filename=output.name,
     )
     runner.run(create_pipeline(config), write_out=True)
+    if config.kubeflow.serving_pvc:
+        _mount_serving_volume(output, config.kubeflow.serving_pvc, config.output.serving_root)
     return output
+
+
+# The node that writes into the serving root.
+PUSHER = "SafePusher"
+
+
+def _mount_serving_volume(path: Path, pvc: str, mount_path: str) -> None:
+    """Adds KFP's Kubernetes platform spec to the pipeline file (a second YAML document, as the KFP
+    SDK's kfp-kubernetes extension writes it): the pusher's pod mounts the claim at the serving root."""
+    import yaml
+
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    component = spec["root"]["dag"]["tasks"][PUSHER]["componentRef"]["name"]
+    executor = spec["components"][component]["executorLabel"]
+    platform = {
+        "platforms": {
+            "kubernetes": {
+                "deploymentSpec": {"executors": {executor: {"pvcMount": [{"constant": pvc, "mountPath": mount_path}]}}}
+            }
+        }
+    }
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("---\n")
+        yaml.safe_dump(platform, f, sort_keys=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +146,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline-root", default="", help="artifact root on the cluster (kubeflow.pipeline_root)")
     parser.add_argument("--data-root", default="", help="CSV data on the cluster (kubeflow.data_root)")
     parser.add_argument("--serving-root", default="", help="serving directory mounted in pods (kubeflow.serving_root)")
+    parser.add_argument(
+        "--serving-pvc", default="", help="PersistentVolumeClaim mounted at the serving root (kubeflow.serving_pvc)"
+    )
     parser.add_argument(
         "--beam-arg",
         action="append",
@@ -141,6 +170,7 @@ def main(args: argparse.Namespace) -> int:
             serving_root=args.serving_root,
             image=args.image,
             beam_args=tuple(args.beam_args),
+            serving_pvc=args.serving_pvc,
         )
         config = cluster_config(config, overrides)
     except (ConfigError, ValueError) as err:
@@ -149,6 +179,10 @@ def main(args: argparse.Namespace) -> int:
     path = compile_pipeline(config, args.output)
     print(f"compiled pipeline '{config.name}' for Kubeflow Pipelines: {path}")
     print(f"  image {config.kubeflow.image}; Beam args {' '.join(config.beam_args) or '(none)'}")
+    if config.kubeflow.serving_pvc:
+        print(f"  {PUSHER} mounts PersistentVolumeClaim {config.kubeflow.serving_pvc} at {config.output.serving_root}")
+    else:
+        print(f"  no volume mounted at {config.output.serving_root}: pass --serving-pvc (kubeflow/README.md, Serving)")
     return 0
 
 

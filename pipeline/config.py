@@ -141,6 +141,9 @@ class KubeflowConfig:
     serving_root: str = ""
     image: str = ""
     beam_args: tuple[str, ...] = ()
+    # An existing PersistentVolumeClaim (ReadWriteMany) that holds the serving root: mounted at
+    # `serving_root` in the pusher's pod, and in TF Serving's (kubeflow/README.md, Serving).
+    serving_pvc: str = ""
 
 
 @dataclass(frozen=True)

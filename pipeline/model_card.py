@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -322,6 +323,22 @@ def _slice_metric(metrics_by_slice: dict, metric: str) -> dict[str, dict[str, fl
     return {f: dict(sorted(v.items(), key=lambda kv: kv[0])) for f, v in out.items()}
 
 
+def _trained_with(record, config) -> tuple:
+    """(label, features, task, classes) as the Trainer that made this version recorded them in ML
+    Metadata (its custom_config), so a card regenerated after the config file changed still
+    describes this model; the config only for a version with no Trainer on record."""
+    from pipeline.config import features_from_component_config, task_from_component_config
+    from pipeline.model_record import exec_property
+
+    trainer = record.executions.get("Trainer")
+    custom = json.loads(exec_property(trainer, "custom_config") or "{}") if trainer is not None else {}
+    if not custom.get("features"):
+        return config.label, config.features, config.task, config.classes
+    label, features = features_from_component_config(custom)
+    task, classes = task_from_component_config(custom)
+    return label, features, task, classes
+
+
 def write_card(record, config, version_dir: Optional[str] = None) -> tuple[Path, Path]:
     """Writes model_card.html (self-contained) and model_card.md into the version's assets.extra/.
 
@@ -340,17 +357,17 @@ def write_card(record, config, version_dir: Optional[str] = None) -> tuple[Path,
     version_dir = Path(version_dir or record.destination)
     ex = record.executions
     lines = describe(record, config)
-    task, classes = config.task, config.classes
+    label, features, task, classes = _trained_with(record, config)
     headline = HEADLINES[task]
     records = _eval_examples(ex["CsvExampleGen"].output("examples").uri)
     model = tf.saved_model.load(str(version_dir))
-    labels = _labels(model, records, config.label, task)
+    labels = _labels(model, records, label, task)
     keep = ~np.isnan(labels)
     records = [r for r, k in zip(records, keep, strict=True) if k]
     labels = labels[keep]
     serve = model.signatures["serving_default"]
     scores = _score(serve, records, task)
-    base, importance = permutation_importance(serve, records, labels, [f.name for f in config.features], task)
+    base, importance = permutation_importance(serve, records, labels, [f.name for f in features], task)
     evaluator = ex.get("Evaluator")
     by_slice = metrics_by_slice(evaluator.output("evaluation").uri) if evaluator else {}
     bounds = {
@@ -361,7 +378,7 @@ def write_card(record, config, version_dir: Optional[str] = None) -> tuple[Path,
     slices = _slice_metric(by_slice, headline.tfma_name)
     images = charts(Scored(labels, scores), slices, bounds, importance, task, classes)
     what = "lost" if headline.higher_is_better else "added"
-    label = f"<code>{html.escape(config.label)}</code>"
+    label = f"<code>{html.escape(label)}</code>"
     if task == "binary":
         described = f"Binary classification of {label} (positive class {html.escape(classes[-1])}; "
         described += f"decision threshold {DECISION_THRESHOLD})"

@@ -14,7 +14,7 @@ from pipeline.summary import metric_label
 TRAINING_RECORD = os.path.join("assets.extra", "conveyor_training.json")
 
 
-def _exec_property(node: NodeExecution, name: str) -> Optional[str]:
+def exec_property(node: NodeExecution, name: str) -> Optional[str]:
     for props in (node.execution.properties, node.execution.custom_properties):
         if name in props:
             value = props[name]
@@ -48,7 +48,7 @@ def thresholds(evaluator: NodeExecution) -> list[dict[str, Any]]:
     """Every configured threshold with its bound and whether the candidate passed it."""
     import tensorflow_model_analysis as tfma
 
-    config = json.loads(_exec_property(evaluator, "eval_config") or "{}")
+    config = json.loads(exec_property(evaluator, "eval_config") or "{}")
     failures = set()
     validation = tfma.load_validation_result(evaluator.output("evaluation").uri)
     for per_slice in validation.metric_validations_per_slice:
@@ -136,7 +136,7 @@ def describe(record: VersionRecord, config) -> list[str]:
             out.append(f"    {node_id:<32} {start} - {end}  {node.state}")
     trainer = ex.get("Trainer")
     if trainer is not None:
-        custom = json.loads(_exec_property(trainer, "custom_config") or "{}")
+        custom = json.loads(exec_property(trainer, "custom_config") or "{}")
         out.append("  config:")
         out.append(f"    label: {custom.get('label')}")
         relevant = {"bucketized": ("buckets",), "categorical_string": ("top_k", "oov_buckets")}
@@ -145,8 +145,8 @@ def describe(record: VersionRecord, config) -> list[str]:
             extra = " ".join(f"{k}={f[k]}" for k in relevant.get(f["kind"], ()))
             out.append(f"    feature {f['name']}: {f['kind']} {extra}".rstrip())
         out.append(f"    model: {json.dumps(custom.get('model', {}))}")
-        train_args = json.loads(_exec_property(trainer, "train_args") or "{}")
-        eval_args = json.loads(_exec_property(trainer, "eval_args") or "{}")
+        train_args = json.loads(exec_property(trainer, "train_args") or "{}")
+        eval_args = json.loads(exec_property(trainer, "eval_args") or "{}")
         out.append(f"    train steps: {train_args.get('num_steps')}, eval steps: {eval_args.get('num_steps')}")
     out.append("  data:")
     transform, evaluator = ex.get("Transform"), ex.get("Evaluator")
@@ -161,7 +161,7 @@ def describe(record: VersionRecord, config) -> list[str]:
         out.append("    rows: " + ", ".join(f"{k} {v:,}" for k, v in sorted(s.rows.items())))
     schema_gen = ex.get("ImportSchemaGen")
     if schema_gen is not None:
-        path = _exec_property(schema_gen, "schema_file")
+        path = exec_property(schema_gen, "schema_file")
         artifact = schema_gen.output("schema")
         digest = _sha256(os.path.join(artifact.uri, "schema.pbtxt")) if artifact is not None else "?"
         out.append(f"  schema: {path} (sha256 of the imported schema {digest})")

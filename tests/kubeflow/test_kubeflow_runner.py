@@ -35,7 +35,8 @@ def compiled(tmp_path_factory):
         ),
     )
     path = compile_pipeline(config, tmp_path_factory.mktemp("kfp") / "pipeline.yaml")
-    return local, config, path, yaml.safe_load(path.read_text())
+    # The pipeline spec; with kubeflow.serving_pvc, KFP's platform spec follows as a second document.
+    return local, config, path, next(yaml.safe_load_all(path.read_text()))
 
 
 def test_output_parses_strictly_as_a_kfp_pipeline_spec(compiled):
@@ -187,3 +188,45 @@ def test_missing_cluster_facts_are_named(tmp_path):
 def test_kfp_safe_names(name, safe):
     assert kfp_safe_name(name) == safe
     assert re.match(r"^[a-z][a-z0-9-]*$", kfp_safe_name(name))
+
+
+def test_conveyor_compile_from_the_config_alone_mounts_the_serving_volume_in_the_pusher(tmp_path, capsys):
+    """The CLI entry point with no flags: every cluster fact from the config's kubeflow: section,
+    and the serving claim in KFP's Kubernetes platform spec (a second YAML document)."""
+    from kfp import components
+
+    from pipeline.cli import main
+
+    output = tmp_path / "pipeline.yaml"
+    assert main(["compile", "--config", str(TAXI_CONFIG), "--output", str(output)]) == 0
+    facts = load_config(TAXI_CONFIG).kubeflow
+    out = capsys.readouterr().out
+    assert f"mounts PersistentVolumeClaim {facts.serving_pvc} at {facts.serving_root}" in out
+    pipeline_doc, platform_doc = list(yaml.safe_load_all(output.read_text()))
+    json_format.ParseDict(pipeline_doc, pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
+    platform = json_format.ParseDict(platform_doc, pipeline_spec_pb2.PlatformSpec(), ignore_unknown_fields=False)
+    executors = json_format.MessageToDict(platform.platforms["kubernetes"].deployment_spec)["executors"]
+    pusher_component = pipeline_doc["root"]["dag"]["tasks"]["SafePusher"]["componentRef"]["name"]
+    pusher_executor = pipeline_doc["components"][pusher_component]["executorLabel"]
+    assert executors == {pusher_executor: {"pvcMount": [{"constant": facts.serving_pvc, "mountPath": "/serving"}]}}
+    assert pipeline_doc["deploymentSpec"]["executors"][pusher_executor]["container"]["image"] == facts.image
+    for flag in facts.beam_args:
+        assert flag in pipeline_doc["deploymentSpec"]["executors"]["Transform_executor"]["container"]["args"]
+    loaded = components.load_component_from_file(str(output))
+    assert loaded.platform_spec.platforms["kubernetes"].deployment_spec.executors[pusher_executor]
+
+
+def test_compile_with_a_missing_cluster_fact_exits_2_naming_the_flag(tmp_path, capsys):
+    import yaml as pyyaml
+
+    from pipeline.cli import main
+
+    raw = pyyaml.safe_load(TAXI_CONFIG.read_text())
+    del raw["kubeflow"]["image"]
+    raw["data"]["root"] = str(TAXI_CONFIG.parent / raw["data"]["root"])
+    raw["schema"] = str(TAXI_CONFIG.parent / raw["schema"])
+    config = tmp_path / "config.yaml"
+    config.write_text(pyyaml.safe_dump(raw))
+    assert main(["compile", "--config", str(config), "--output", str(tmp_path / "p.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "kubeflow: image not set" in err and "pass --image" in err

@@ -90,3 +90,18 @@ def test_card_renders_in_headless_chromium(card, tmp_path):
     assert picture.std() > 20 and (picture < 100).mean() > 0.005
     kept = Path(card.parent.parent.parent.parent.parent / "model_card_screenshot.png")
     shutil.copy(shot, kept)
+
+
+@pytest.mark.e2e
+def test_a_card_regenerated_from_another_config_still_describes_the_model_as_trained(two_runs, e2e_config, capsys):
+    """`conveyor models card` with the full taxi config: the model was trained on five features
+    (recorded in ML Metadata), and the card must say so, not list the config file's features."""
+    from pipeline.cli import main
+    from tests.conftest import SMALL_FEATURES
+
+    _, versions, _, _ = two_runs
+    output_dir = str(Path(e2e_config.output.metadata_path).parent)
+    assert main(["models", "card", str(versions[0]), "--config", e2e_config.source, "--output-dir", output_dir]) == 0
+    html_path = Path(capsys.readouterr().out.split("model card: ", 1)[1].split("\n", 1)[0])
+    rows = re.findall(r"<tr><td>([^<]+)</td><td>[-+]\d", html_path.read_text())
+    assert rows and set(rows) <= {f.name for f in SMALL_FEATURES}, rows
