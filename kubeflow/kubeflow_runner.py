@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from pipeline.config import KubeflowConfig, OutputConfig, PipelineConfig
+from pipeline.config import SPAN_PATTERN, KubeflowConfig, OutputConfig, PipelineConfig
 
 DEFAULT_OUTPUT = "output/kubeflow/pipeline.yaml"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,15 @@ def cluster_config(config: PipelineConfig, overrides: Optional[KubeflowConfig] =
         facts = KubeflowConfig(
             **{
                 name: getattr(overrides, name) or getattr(facts, name)
-                for name in ("pipeline_root", "data_root", "serving_root", "image", "beam_args", "serving_pvc")
+                for name in (
+                    "pipeline_root",
+                    "data_root",
+                    "serving_root",
+                    "image",
+                    "beam_args",
+                    "serving_pvc",
+                    "data_layout",
+                )
             }
         )
     if config.window > 1:
@@ -74,9 +82,14 @@ def cluster_config(config: PipelineConfig, overrides: Optional[KubeflowConfig] =
         raise ValueError(
             f"kubeflow: {', '.join(missing)} not set; add them to the config's kubeflow: section or pass {flags}"
         )
+    span_pattern = config.span_pattern
+    if facts.data_layout:
+        span_pattern = SPAN_PATTERN if facts.data_layout == "spans" else None
     return config.replace(
         name=kfp_safe_name(config.name),
         data_root=facts.data_root,
+        span_pattern=span_pattern,
+        span=None,  # a compiled pipeline reads the newest span on every run
         schema_path=container_path(config.schema_path),
         output=OutputConfig(pipeline_root=facts.pipeline_root, serving_root=facts.serving_root, metadata_path=None),
         beam_args=facts.beam_args or config.beam_args,
@@ -150,6 +163,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--serving-pvc", default="", help="PersistentVolumeClaim mounted at the serving root (kubeflow.serving_pvc)"
     )
     parser.add_argument(
+        "--data-layout",
+        default="",
+        choices=("spans", "flat"),
+        help="the cluster data root holds span-<N>/ directories, or CSVs directly (kubeflow.data_layout; "
+        "default: as the local data root)",
+    )
+    parser.add_argument(
         "--beam-arg",
         action="append",
         default=[],
@@ -171,6 +191,7 @@ def main(args: argparse.Namespace) -> int:
             image=args.image,
             beam_args=tuple(args.beam_args),
             serving_pvc=args.serving_pvc,
+            data_layout=args.data_layout,
         )
         config = cluster_config(config, overrides)
     except (ConfigError, ValueError) as err:
@@ -179,6 +200,8 @@ def main(args: argparse.Namespace) -> int:
     path = compile_pipeline(config, args.output)
     print(f"compiled pipeline '{config.name}' for Kubeflow Pipelines: {path}")
     print(f"  image {config.kubeflow.image}; Beam args {' '.join(config.beam_args) or '(none)'}")
+    layout = f"newest {SPAN_PATTERN} per run" if config.span_pattern else "every CSV under it"
+    print(f"  data {config.data_root}: {layout} (kubeflow.data_layout / --data-layout to change)")
     if config.kubeflow.serving_pvc:
         print(f"  {PUSHER} mounts PersistentVolumeClaim {config.kubeflow.serving_pvc} at {config.output.serving_root}")
     else:

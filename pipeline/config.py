@@ -144,6 +144,13 @@ class KubeflowConfig:
     # An existing PersistentVolumeClaim (ReadWriteMany) that holds the serving root: mounted at
     # `serving_root` in the pusher's pod, and in TF Serving's (kubeflow/README.md, Serving).
     serving_pvc: str = ""
+    # How the cluster's data root is laid out, which cannot be listed from here: "spans"
+    # (span-<N>/*.csv, newest span per run), "flat" (every CSV under it), or "" for the same layout
+    # as the local data root.
+    data_layout: str = ""
+
+
+DATA_LAYOUTS = ("", "spans", "flat")
 
 
 @dataclass(frozen=True)
@@ -352,6 +359,8 @@ def _parse_kubeflow(raw: Mapping[str, Any]) -> KubeflowConfig:
     if "beam_args" in raw:
         args = _typed(raw["beam_args"], list, "kubeflow.beam_args")
         kwargs["beam_args"] = tuple(_typed(a, str, "kubeflow.beam_args") for a in args)
+    if kwargs.get("data_layout", "") not in DATA_LAYOUTS:
+        raise ConfigError("kubeflow.data_layout", f"must be 'spans' or 'flat', not {kwargs['data_layout']!r}")
     return KubeflowConfig(**kwargs)
 
 

@@ -72,6 +72,15 @@ def _read_file(path: Path) -> tuple[list[str], int]:
         raise DataReadError(path, f"uses {found!r} as delimiter; CSV input must be comma-separated", 1)
     if any(not name.strip() for name in header):
         raise DataReadError(path, "header has an empty column name", 1)
+    # CsvExampleGen and TFDV read the header as one physical line split at commas, without quoting.
+    awkward = sorted({name for name in header if any(c in name for c in ',"\r\n')})
+    if reader.line_num > 1 or awkward:
+        raise DataReadError(
+            path,
+            f"header has column name(s) {awkward} with a comma, quote or line break; rename them "
+            "(CsvExampleGen reads the header as one line split at commas)",
+            1,
+        )
     duplicates = sorted({n for n in header if header.count(n) > 1})
     if duplicates:
         raise DataReadError(path, f"header repeats column name(s) {', '.join(duplicates)}", 1)

@@ -7,6 +7,7 @@ trains, evaluates and pushes. The pushed model is then called the way clients ca
 """
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,10 @@ def test_init_then_run_pushes_a_blessed_model(task_runs, task):
     assert (init_code, run_code) == (0, 0), out
     assert config.task == task
     assert "blessed: yes" in out
+    # One progress line per component with its wall time; the library logs went to the log file.
+    for node in ("CsvExampleGen", "StatisticsGen", "Transform", "Trainer", "Evaluator", "SafePusher"):
+        assert re.search(rf"^  {node} +\d+\.\ds +\[ *\d+\.\ds\]$", out, re.M), out
+    assert " INFO " not in out and "WARNING" not in out and "Traceback" not in out
     versions = list_versions(config.serving_model_dir)
     assert len(versions) == 1
     card = f"{config.serving_model_dir}/{versions[0]}/assets.extra/model_card.html"

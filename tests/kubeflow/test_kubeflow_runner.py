@@ -230,3 +230,29 @@ def test_compile_with_a_missing_cluster_fact_exits_2_naming_the_flag(tmp_path, c
     assert main(["compile", "--config", str(config), "--output", str(tmp_path / "p.yaml")]) == 2
     err = capsys.readouterr().err
     assert "kubeflow: image not set" in err and "pass --image" in err
+
+
+@pytest.mark.parametrize("layout, expect_spans", [("spans", True), ("flat", False), ("", True)])
+def test_the_cluster_data_layout_decides_the_span_pattern(tmp_path, layout, expect_spans):
+    """The cluster's data root cannot be listed from here: kubeflow.data_layout says whether it holds
+    span-<N>/ directories; unset, it is taken to match the local data (the bundled taxi spans)."""
+    local = load_config(TAXI_CONFIG)
+    config = cluster_config(local, KubeflowConfig(data_layout=layout))
+    path = compile_pipeline(config, tmp_path / "pipeline.yaml")
+    spec = next(yaml.safe_load_all(path.read_text()))
+    example_gen = spec["root"]["dag"]["tasks"]["CsvExampleGen"]["inputs"]["parameters"]
+    input_config = example_gen["input_config"]["runtimeValue"]["constantValue"]["stringValue"]
+    assert ("span-{SPAN}/*.csv" in input_config) is expect_spans, input_config
+
+
+def test_an_unknown_data_layout_is_a_config_error(tmp_path):
+    from pipeline.config import ConfigError
+
+    raw = yaml.safe_load(TAXI_CONFIG.read_text())
+    raw["data"]["root"] = str(TAXI_CONFIG.parent / raw["data"]["root"])
+    raw["schema"] = str(TAXI_CONFIG.parent / raw["schema"])
+    raw["kubeflow"]["data_layout"] = "daily"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="kubeflow.data_layout.*'spans' or 'flat'"):
+        load_config(path)

@@ -36,6 +36,17 @@ FAULTS = {
     # name: (file bytes, expected exit code, words the message must hold)
     "empty file": (b"", EXIT_UNREADABLE, ["is empty"]),
     "header only": (_csv(HEADER, []), EXIT_UNREADABLE, ["has a header but no rows"]),
+    # Found by the fuzz test below: CsvExampleGen skips the header as one physical line.
+    "a comma in a quoted column name": (
+        _csv(["fare, usd", *HEADER[1:]], ROWS),
+        EXIT_UNREADABLE,
+        ["line 1", "column name(s) ['fare, usd'] with a comma"],
+    ),
+    "a line break in a quoted column name": (
+        _csv(["fare\nusd", *HEADER[1:]], ROWS),
+        EXIT_UNREADABLE,
+        ["line 1", "column name(s) ['fare\\nusd'] with a comma, quote or line break"],
+    ),
     "wrong delimiter": (_csv(HEADER, ROWS).replace(b",", b";"), EXIT_UNREADABLE, ["uses ';' as delimiter", "line 1"]),
     "ragged rows": (_csv(HEADER, ROWS[:5] + [ROWS[5][:-3]] + ROWS[6:]), EXIT_UNREADABLE, ["line 7", "fields"]),
     "non-UTF-8 bytes": (_csv(HEADER, ROWS).replace(b"Cash", b"Ca\xe9sh", 1), EXIT_UNREADABLE, ["not UTF-8", "line "]),
@@ -139,7 +150,9 @@ def _mutate(mutations) -> bytes:
     return body
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# A fixed set of 25 in the suite, so CI is repeatable; fuzz afresh with derandomize=False and more
+# examples when changing the input checks (300 random ones passed on 2026-11-24).
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mutations=st.lists(_mutation, min_size=1, max_size=4))
 def test_fuzzed_taxi_drops_through_the_cli_end_in_0_1_or_2_with_a_message(tmp_path, capsys, mutations):
     from pipeline.cli import main
