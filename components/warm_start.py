@@ -49,15 +49,14 @@ class WarmStartModelStrategy(LatestBlessedModelStrategy):
     """The latest blessed model, or for an unchanged re-run the base model of the run it repeats.
 
     Args:
-      custom_config: the Trainer's `custom_config`.
+      custom_config_json: the Trainer's `custom_config`, as JSON.
       train_steps: the Trainer's training steps.
       eval_steps: the Trainer's evaluation steps.
       run_fn: the Trainer's `run_fn` dotted path.
     """
 
-    def __init__(self, custom_config: dict, train_steps: int, eval_steps: int, run_fn: str):
-        # Through JSON, as ML Metadata records it: tuples become lists.
-        self._custom_config = json.loads(json.dumps(custom_config))
+    def __init__(self, custom_config_json: str, train_steps: int, eval_steps: int, run_fn: str):
+        self._custom_config = json.loads(custom_config_json)
         self._train_steps = train_steps
         self._eval_steps = eval_steps
         self._run_fn = run_fn

@@ -189,13 +189,17 @@ class PipelineConfig:
         return str(Path(self.output.serving_root) / self.model_name)
 
     def component_config(self) -> dict[str, Any]:
-        """What the code inside Transform and Trainer needs, as plain JSON-able values."""
+        """What the code inside the Trainer needs, as plain JSON-able values."""
+        return {**self.transform_config(), "model": dataclasses.asdict(self.model)}
+
+    def transform_config(self) -> dict[str, Any]:
+        """What preprocessing_fn needs: no model hyperparameters, so that changing them leaves
+        Transform's inputs as they were and TFX's cache serves it."""
         return {
             "label": self.label,
             "task": self.task,
             "classes": list(self.classes),
             "features": [dataclasses.asdict(f) for f in self.features],
-            "model": dataclasses.asdict(self.model),
         }
 
     def replace(self, **changes: Any) -> PipelineConfig:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
@@ -152,8 +154,9 @@ def _latest_blessed_model_resolver(config: PipelineConfig, import_schema_gen, tr
         )
     return tfx.dsl.Resolver(
         strategy_class=WarmStartModelStrategy,
+        # Flat values: TFX types a resolver's config per key and cannot hold a nested mixed dict.
         config={
-            "custom_config": config.component_config(),
+            "custom_config_json": json.dumps(config.component_config(), sort_keys=True),
             "train_steps": config.training.train_steps,
             "eval_steps": config.training.eval_steps,
             "run_fn": RUN_FN,
@@ -231,13 +234,12 @@ def create_pipeline(config: PipelineConfig, data_stages_only: bool = False) -> t
         previous_statistics=previous_statistics_resolver.outputs["statistics"],
         **({"serving_statistics": serving_statistics} if serving_statistics is not None else {}),
     )
-    component_config = config.component_config()
     training_examples, window_nodes = _training_examples(config, example_gen)
     transform = tfx.components.Transform(
         examples=training_examples,
         schema=import_schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
-        custom_config=component_config,
+        custom_config=config.transform_config(),
         # StatisticsGen and the data gate already cover the raw data; Transform's own pre- and
         # post-transform statistics would be two more full passes nobody reads.
         disable_statistics=True,

@@ -135,14 +135,32 @@ def _serving_snapshot(config):
     }
 
 
+def _with_columns(tmp_path_factory, name, change):
+    """The e2e sample with its columns changed by `change(header, rows) -> (header, rows)`."""
+    root = tmp_path_factory.mktemp(name)
+    write_csv(root / "data.csv", *change(*sample_taxi_rows(400)))
+    return root
+
+
+def _drop_column(column):
+    def change(header, rows):
+        i = header.index(column)
+        return header[:i] + header[i + 1 :], [r[:i] + r[i + 1 :] for r in rows]
+
+    return change
+
+
 @pytest.fixture(scope="session")
 def gate_runs(two_runs, e2e_config, tmp_path_factory):
-    """After the good runs: a run on drifted data, then one with strings in a numeric column."""
+    """After the good runs, one run on each kind of bad data: each must stop at the data gate."""
     log_dir = tmp_path_factory.mktemp("gate_logs")
     results = {}
     for name, column, rewrite in (
         ("drifted", "payment_type", lambda n, v: "Cash"),
         ("bad_type", "fare", lambda n, v: "twelve dollars" if n % 7 == 0 else v),
+        ("unseen_category", "payment_type", lambda n, v: "Crypto" if n % 5 == 0 else v),
+        ("new_column", None, lambda header, rows: (header + ["surge"], [r + ["1.5"] for r in rows])),
+        ("missing_column", None, _drop_column("trip_miles")),
         ("skewed_serving", "payment_type", lambda n, v: "Cash"),
     ):
         before = _serving_snapshot(e2e_config)
@@ -150,6 +168,8 @@ def gate_runs(two_runs, e2e_config, tmp_path_factory):
             # Training data as in the good runs; the serving data given beside it is all cash.
             serving = _variant(tmp_path_factory, name, column, rewrite)
             config = e2e_config.replace(serving_data_root=str(serving))
+        elif column is None:
+            config = e2e_config.replace(data_root=str(_with_columns(tmp_path_factory, name, rewrite)))
         else:
             config = e2e_config.replace(data_root=str(_variant(tmp_path_factory, name, column, rewrite)))
         with pytest.raises(ComponentFailed) as err:
@@ -165,6 +185,9 @@ def gate_runs(two_runs, e2e_config, tmp_path_factory):
     [
         ("drifted", ["payment_type", "High Linfty distance between current and previous", "vs previous run"]),
         ("bad_type", ["fare", "Unexpected data type"]),
+        ("unseen_category", ["payment_type", "Unexpected string values", "Crypto"]),
+        ("new_column", ["surge", "New column"]),
+        ("missing_column", ["trip_miles", "Column dropped"]),
         ("skewed_serving", ["payment_type", "Linfty distance between training and serving", "vs serving"]),
     ],
 )

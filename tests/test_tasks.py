@@ -44,7 +44,8 @@ def task_runs(tmp_path_factory):
         stdout_path = root / "run.out"
         import contextlib
 
-        with open(stdout_path, "w") as out, contextlib.redirect_stdout(out):
+        # stdout holds the summary, stderr the progress lines; a terminal shows both.
+        with open(stdout_path, "w") as out, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             run_code = main(["run", "--config", str(config_path), "--output-dir", str(root / "out")])
         config = load_config(config_path, output_dir=root / "out")
         results[task] = (config, init_code, run_code, stdout_path.read_text())

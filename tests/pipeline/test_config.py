@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, OutputConfig, load_config, parse_config
-from tests.conftest import TAXI_CONFIG
+from tests.conftest import PROJECT_ROOT, TAXI_CONFIG
 
 OUTPUT = OutputConfig.under("/tmp/conveyor-test-output")
 
@@ -168,3 +168,18 @@ def test_data_stages_only_ends_at_transform_and_compiles(raw):
     assert ids[-1] == "Transform" and {"Trainer", "Evaluator", "SafePusher"}.isdisjoint(ids)
     assert "DataGate" in ids
     Compiler().compile(pipeline)  # no node refers to one that is not there
+
+
+def test_the_bundled_penguins_config_loads_builds_and_its_data_matches_its_schema():
+    """The second bundled dataset (multiclass, from the palmerpenguins package) as shipped."""
+    from pipeline.data_check import EXIT_CLEAN, check
+    from pipeline.pipeline import create_pipeline
+
+    config = load_config(PROJECT_ROOT / "configs" / "penguins.yaml")
+    assert config.task == "multiclass" and config.label == "species"
+    assert config.classes == ("Adelie", "Chinstrap", "Gentoo")
+    code, message = check(config.data_root, config.schema_path, config.label)
+    assert code == EXIT_CLEAN, message
+    assert "344 rows" in message
+    ids = {c.id for c in create_pipeline(config).components}
+    assert {"Transform", "Trainer", "Evaluator", "SafePusher"} <= ids
