@@ -188,6 +188,7 @@ def _registry_config(args: argparse.Namespace):
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     from pipeline import registry
+    from pipeline.lineage import format_spans
 
     config = _registry_config(args)
     model_dir = str(Path(config.output.serving_root) / (args.model or config.model_name))
@@ -197,14 +198,16 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     if not records:
         print(f"no versions pushed to {model_dir} yet")
         return EXIT_OK
-    print(f"{'version':>12}  {'pushed at (UTC)':<25} {'span':>4} {'train rows':>10}  metrics (change vs baseline)")
+    print(f"{'version':>12}  {'pushed at (UTC)':<25} {'spans':>5} {'train rows':>10}  metrics (change vs baseline)")
     for r in records:
         s = r.summary
         span = "" if s is None or s.span is None else str(s.span)
+        if len(r.training_spans) > 1:  # a rolling window: every span the model was trained on
+            span = format_spans(r.training_spans).split(" ", 1)[1]
         rows = "" if s is None or "train" not in s.rows else f"{s.rows['train']:,}"
         note = f"rollback of {r.rollback_of}" if r.rollback_of else registry.headline(s)
         flag = "  <- served" if r.version == served else ("" if r.version in present else "  (removed)")
-        print(f"{r.version:>12}  {r.pushed_at:<25} {span:>4} {rows:>10}  {note}{flag}")
+        print(f"{r.version:>12}  {r.pushed_at:<25} {span:>5} {rows:>10}  {note}{flag}")
     return EXIT_OK
 
 

@@ -23,6 +23,7 @@ from pipeline.lineage import (
     NodeExecution,
     custom_property,
     int_property,
+    model_origin,
     open_store,
     pipeline_runs,
     run_executions,
@@ -46,6 +47,8 @@ class VersionRecord:
     summary: Optional[RunSummary] = None
     provenance: dict = field(default_factory=dict)
     executions: dict[str, NodeExecution] = field(default_factory=dict)
+    # The spans the model was trained on (several with a rolling window), from lineage.
+    training_spans: list[int] = field(default_factory=list)
 
 
 def _time(ms: int) -> str:
@@ -132,6 +135,9 @@ def versions(metadata_path: str, pipeline_name: str, model_dir: str) -> list[Ver
             record.executions = run_executions(store, run, pipeline_name)
             record.summary = summarize(run.name, record.executions, store, pipeline_name)
             record.provenance = provenance(run)
+            trainer = record.executions.get("Trainer")
+            if trainer is not None and trainer.output("model") is not None:
+                record.training_spans = model_origin(store, trainer.output("model").id, pipeline_name)[1]
         records.append(record)
     return sorted(records, key=lambda r: r.version, reverse=True)
 

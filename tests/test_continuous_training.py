@@ -124,6 +124,16 @@ def test_a_worse_candidate_is_not_blessed_and_the_served_model_stays(span_runs):
     assert [m.id for m in c_executions["Evaluator"].inputs["baseline_model"]] == [model_b.id]
 
 
+def test_models_list_shows_the_spans_each_version_was_trained_on(span_runs, capsys):
+    config = span_runs["config"]
+    args = ["--config", config.source, "--output-dir", str(Path(config.output.metadata_path).parent)]
+    assert main(["models", "list", *args]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:] if line.strip()}
+    version_a, version_b = span_runs["versions_a"][0], span_runs["versions_b"][-1]
+    assert rows[str(version_a)][2:3] == ["1"]
+    assert rows[str(version_b)][2:3] == ["1-2"], "span 2's model was trained on a window of spans 1 and 2"
+
+
 def test_runs_show_names_the_failed_threshold_of_a_not_blessed_run(span_runs, capsys):
     config = span_runs["config"]
     args = ["--config", config.source, "--output-dir", str(Path(config.output.metadata_path).parent)]
