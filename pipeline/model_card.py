@@ -320,7 +320,15 @@ def _slice_metric(metrics_by_slice: dict, metric: str) -> dict[str, dict[str, fl
         feature, value = where.split(":", 1)
         if "candidate" in metrics[metric]:
             out.setdefault(feature, {})[value] = metrics[metric]["candidate"]
-    return {f: dict(sorted(v.items(), key=lambda kv: kv[0])) for f, v in out.items()}
+    return {f: dict(sorted(v.items(), key=lambda kv: _natural(kv[0]))) for f, v in out.items()}
+
+
+def _natural(value: str) -> tuple:
+    """Numbers in numeric order (hour 2 before hour 10), before text in text order."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
 
 
 def _trained_with(record, config) -> tuple:

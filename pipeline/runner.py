@@ -188,12 +188,12 @@ class RunResult:
 _DEPENDENCY_FLAGS = ("--extra_package", "--setup_file", "--requirements_file", "--sdk_container_image")
 
 
-# Input size above which the DirectRunner fans out to one worker process per core. Below it the
-# processes' start-up and the pickling between them cost more than they save: on 2 cores, 100k
-# rows (12 MiB) ran the data stages 1.28x slower in multi-processing mode (README, Performance).
-# Where the crossover lies was not measured; 1 GiB is a conservative guess, and beyond one machine
-# the answer is a cluster runner anyway.
-MULTI_PROCESSING_BYTES = 2**30
+# Input size above which the DirectRunner fans out to one worker process per core. Measured on 2
+# cores (benchmarks/scale.py, README Performance): at 100k taxi rows (12 MiB) the data stages ran
+# 1.32x slower in multi-processing mode, the processes' start-up and pickling costing more than
+# they save; at 1M rows (115 MiB) they ran 1.38x faster. The crossover lies between the two and
+# was not measured more finely; beyond one machine the answer is a cluster runner anyway.
+MULTI_PROCESSING_BYTES = 64 * 2**20
 
 
 def _input_bytes(data_root: str) -> int:

@@ -105,3 +105,19 @@ def test_a_card_regenerated_from_another_config_still_describes_the_model_as_tra
     html_path = Path(capsys.readouterr().out.split("model card: ", 1)[1].split("\n", 1)[0])
     rows = re.findall(r"<tr><td>([^<]+)</td><td>[-+]\d", html_path.read_text())
     assert rows and set(rows) <= {f.name for f in SMALL_FEATURES}, rows
+
+
+def test_slices_with_numeric_values_are_drawn_in_numeric_order():
+    from pipeline.model_card import _slice_metric
+
+    by_slice = {
+        "Overall": {"auc": {"candidate": 0.8}},
+        "trip_start_hour:10": {"auc": {"candidate": 0.7}},
+        "trip_start_hour:2": {"auc": {"candidate": 0.6}},
+        "trip_start_hour:23": {"auc": {"candidate": 0.9}},
+        "payment_type:Credit Card": {"auc": {"candidate": 0.5}},
+        "payment_type:Cash": {"auc": {"candidate": 0.4}},
+    }
+    slices = _slice_metric(by_slice, "auc")
+    assert list(slices["trip_start_hour"]) == ["2", "10", "23"]
+    assert list(slices["payment_type"]) == ["Cash", "Credit Card"]
