@@ -92,15 +92,11 @@ class WarmStartModelStrategy(LatestBlessedModelStrategy):
         base_ids = inputs.get(BASE_MODEL, set())
         if not base_ids:
             return {MODEL: [], MODEL_BLESSING: []}
-        base = next((m for m in self._models_by_id(store, base_ids)), None)
-        blessing = max(
-            (b for b in blessings if _blesses(b, base)),
-            key=lambda b: b.id,
-            default=None,
-        )
-        if base is None or blessing is None:
+        (base_id,) = base_ids
+        blessing = max((b for b in blessings if _blesses(b, base_id)), key=lambda b: b.id, default=None)
+        if blessing is None:
             return None
-        return {MODEL: [base], MODEL_BLESSING: [blessing]}
+        return {MODEL: [_model(store, base_id)], MODEL_BLESSING: [blessing]}
 
     def _same_config(self, trainer: metadata_store_pb2.Execution) -> bool:
         props = trainer.custom_properties
@@ -112,24 +108,23 @@ class WarmStartModelStrategy(LatestBlessedModelStrategy):
         evaluate = _steps(props["eval_args"].string_value) if "eval_args" in props else None
         return (train, evaluate) == (self._train_steps, self._eval_steps)
 
-    @staticmethod
-    def _models_by_id(store, ids: set[int]):
-        from tfx.types import artifact_utils, standard_artifacts
 
-        artifact_type = store.get_artifact_type(standard_artifacts.Model.TYPE_NAME)
-        for artifact in store.get_artifacts_by_id(sorted(ids)):
-            yield artifact_utils.deserialize_artifact(artifact_type, artifact)
+def _model(store, artifact_id: int):
+    from tfx.types import artifact_utils, standard_artifacts
+
+    artifact_type = store.get_artifact_type(standard_artifacts.Model.TYPE_NAME)
+    (artifact,) = store.get_artifacts_by_id([artifact_id])
+    return artifact_utils.deserialize_artifact(artifact_type, artifact)
 
 
 def _is_output(event: metadata_store_pb2.Event) -> bool:
     return event.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
 
 
-def _blesses(blessing, model) -> bool:
+def _blesses(blessing, model_id: int) -> bool:
     from tfx.components.evaluator import constants
 
     return (
-        model is not None
-        and blessing.get_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY) == 1
-        and blessing.get_int_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY) == model.id
+        blessing.get_int_custom_property(constants.ARTIFACT_PROPERTY_BLESSED_KEY) == 1
+        and blessing.get_int_custom_property(constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY) == model_id
     )

@@ -74,7 +74,7 @@ def _read_file(path: Path) -> tuple[list[str], int]:
         raise DataReadError(path, "header has an empty column name", 1)
     # CsvExampleGen and TFDV read the header as one physical line split at commas, without quoting.
     awkward = sorted({name for name in header if any(c in name for c in ',"\r\n')})
-    if reader.line_num > 1 or awkward:
+    if awkward:
         raise DataReadError(
             path,
             f"header has column name(s) {awkward} with a comma, quote or line break; rename them "

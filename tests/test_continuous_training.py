@@ -165,3 +165,32 @@ def test_rollback_republishes_the_previous_version_with_lineage(span_runs, capsy
     assert f'key: "stable"\n      value: {new}' in config_text
     assert main(["models", "rollback", "--to", "999", *args]) == 2
     assert "version 999 is not in" in capsys.readouterr().err
+
+
+def test_a_rerun_of_span_two_would_warm_start_from_span_ones_model_again(span_runs):
+    """The warm-start resolver for an unchanged re-run of span 2's run: not span 2's own model (that
+    would defeat the cache) but the model that run warm-started from, with its blessing."""
+    from components.warm_start import WarmStartModelStrategy
+    from pipeline.model_record import exec_property
+    from pipeline.pipeline import RUN_FN
+    from tests.components.test_warm_start import typed_artifacts
+
+    config = span_runs["config"]
+    store = open_store(config.output.metadata_path)
+    run_a, run_b = pipeline_runs(store, config.name)[:2]
+    trainer_b = run_executions(store, run_b, config.name)["Trainer"]
+    model_a = run_executions(store, run_a, config.name)["Trainer"].output("model")
+    strategy = WarmStartModelStrategy(
+        custom_config_json=exec_property(trainer_b, "custom_config"), train_steps=80, eval_steps=5, run_fn=RUN_FN
+    )
+    result = strategy.resolve_artifacts(
+        store,
+        {
+            "model": typed_artifacts(store, "Model"),
+            "model_blessing": typed_artifacts(store, "ModelBlessing"),
+            **{key: trainer_b.inputs[key] for key in ("examples", "transform_graph", "schema")},
+        },
+    )
+    assert [m.id for m in result["model"]] == [model_a.id]
+    (blessing,) = result["model_blessing"]
+    assert blessing.get_int_custom_property("current_model_id") == model_a.id

@@ -12,7 +12,7 @@ from pipeline.pipeline import RUN_FN
 pytestmark = pytest.mark.e2e
 
 
-def _typed(store, type_name):
+def typed_artifacts(store, type_name):
     artifact_type = store.get_artifact_type(type_name)
     return [artifact_utils.deserialize_artifact(artifact_type, a) for a in store.get_artifacts_by_type(type_name)]
 
@@ -34,8 +34,8 @@ def resolve(two_runs, e2e_config):
     def run(inputs=None, **changes):
         strategy = WarmStartModelStrategy(**{**config, **changes})
         input_dict = {
-            "model": _typed(store, "Model"),
-            "model_blessing": _typed(store, "ModelBlessing"),
+            "model": typed_artifacts(store, "Model"),
+            "model_blessing": typed_artifacts(store, "ModelBlessing"),
             **(current if inputs is None else inputs),
         }
         result = strategy.resolve_artifacts(store, input_dict)

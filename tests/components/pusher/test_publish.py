@@ -1,5 +1,9 @@
 """Publishing into the TF Serving layout: complete directories only, strictly increasing versions."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from components.pusher.publish import list_versions, publish
@@ -111,27 +115,51 @@ def test_a_persons_pins_survive_later_pushes_and_retention(tmp_path):
     assert list(entry.model_version_policy.specific.versions) == [10, 16, 17]
 
 
+# Publishes argv[2] into argv[1] in a child process; with argv[3], the child may not write files
+# larger than that many bytes (RLIMIT_FSIZE), which fails a copy midway as a full disk does.
+_PUBLISH_IN_CHILD = """
+import resource, signal, sys
+from components.pusher.publish import publish
+if len(sys.argv) > 3:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), int(sys.argv[3])))
+try:
+    publish(sys.argv[2], sys.argv[1], now=8)
+except OSError as err:
+    print(err)
+    sys.exit(3)
+"""
+
+
 @pytest.fixture
 def full_disk(tmp_path):
-    """A 1 MiB filesystem (tmpfs), or a skip where this user may not mount one."""
-    import subprocess
-
+    """(directory, extra child arguments, the error a full write gives): a real 1 MiB tmpfs where
+    this user may mount one (root, as in CI); elsewhere an ordinary directory written by a child
+    process that may not grow a file past 1 MiB."""
     mount = tmp_path / "small_fs"
     mount.mkdir()
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
     if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.decode().strip()}); needs root")
-    yield mount
+        yield mount, [str(2**20)], "File too large"
+        return
+    yield mount, [], "No space left on device"
     subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_a_full_disk_fails_the_push_with_the_reason_and_leaves_nothing_half_written(tmp_path, full_disk):
-    serving = full_disk / "taxi"
+    root, limit, reason = full_disk
+    serving = root / "taxi"
     first = publish(_model(tmp_path / "small", "served"), serving, now=7)
     big = _model(tmp_path / "big", "b")
     (big / "variables" / "variables.data-00000-of-00001").write_bytes(b"\0" * (2 * 2**20))
-    with pytest.raises(OSError, match="No space left on device"):
-        publish(big, serving, now=8)
+    child = subprocess.run(
+        [sys.executable, "-c", _PUBLISH_IN_CHILD, str(serving), str(big), *limit],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[3],
+    )
+    assert child.returncode == 3, child.stderr
+    assert reason in child.stdout
     assert list_versions(serving) == [first]
     assert (serving / str(first) / "saved_model.pb").read_text() == "served"
     assert [p.name for p in serving.iterdir()] == [str(first)], "the staging copy must be gone"
