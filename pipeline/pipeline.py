@@ -5,7 +5,29 @@ from __future__ import annotations
 import json
 
 import tensorflow_model_analysis as tfma
-from tfx import v1 as tfx
+from google.protobuf.wrappers_pb2 import BoolValue
+
+# TFX's own modules, not `tfx.v1`: importing tfx.v1 also imports its Google Cloud extensions
+# (google.cloud.aiplatform), about 3 s of every command's start-up that no local run uses.
+from tfx.components import (
+    CsvExampleGen,
+    Evaluator,
+    ExampleValidator,
+    SchemaGen,
+    StatisticsGen,
+    Trainer,
+    Transform,
+)
+from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
+from tfx.dsl.components.common.resolver import Resolver
+from tfx.dsl.input_resolution.strategies.latest_artifact_strategy import LatestArtifactStrategy
+from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
+from tfx.dsl.input_resolution.strategies.span_range_strategy import SpanRangeStrategy
+from tfx.orchestration import metadata as tfx_metadata
+from tfx.orchestration.pipeline import Pipeline
+from tfx.proto import example_gen_pb2, range_config_pb2, trainer_pb2
+from tfx.types import standard_artifacts
+from tfx.types.channel import Channel
 
 from components.data_gate.component import DataGate
 from components.features import PREDICTION_KEY, TRANSFORM_SIGNATURE, transformed_label
@@ -85,22 +107,28 @@ def eval_config(
         ],
         slicing_specs=overall + [tfma.SlicingSpec(feature_keys=list(s)) for s in evaluation.slices],
         metrics_specs=specs,
+        # Only the configured metrics. TFMA's defaults (the metrics the Keras model was compiled
+        # with) would make it load the model a second time through Keras, which took ~5 of the
+        # Evaluator's 13 s on the taxi benchmark.
+        options=tfma.Options(include_default_metrics=BoolValue(value=False)),
     )
 
 
-def _example_gen(config: PipelineConfig) -> tfx.components.CsvExampleGen:
+def _example_gen(config: PipelineConfig) -> CsvExampleGen:
     """CsvExampleGen over the whole data root, or over one span-<N>/ directory: the newest by
     default, or `config.span`. The span is recorded on the Examples artifact."""
     if not config.span_pattern:
-        return tfx.components.CsvExampleGen(input_base=config.data_root)
+        return CsvExampleGen(input_base=config.data_root)
     range_config = None
     if config.span is not None:
-        range_config = tfx.proto.RangeConfig(
-            static_range=tfx.proto.StaticRange(start_span_number=config.span, end_span_number=config.span)
+        range_config = range_config_pb2.RangeConfig(
+            static_range=range_config_pb2.StaticRange(start_span_number=config.span, end_span_number=config.span)
         )
-    return tfx.components.CsvExampleGen(
+    return CsvExampleGen(
         input_base=config.data_root,
-        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name="single_split", pattern=config.span_pattern)]),
+        input_config=example_gen_pb2.Input(
+            splits=[example_gen_pb2.Input.Split(name="single_split", pattern=config.span_pattern)]
+        ),
         range_config=range_config,
     )
 
@@ -109,13 +137,15 @@ def _serving_statistics(config: PipelineConfig) -> tuple[list, object]:
     """With `data.serving_root`, statistics of the serving data for the gate's skew check."""
     if not config.serving_data_root:
         return [], None
-    serving_example_gen = tfx.components.CsvExampleGen(
+    serving_example_gen = CsvExampleGen(
         input_base=config.serving_data_root,
-        output_config=tfx.proto.Output(
-            split_config=tfx.proto.SplitConfig(splits=[tfx.proto.SplitConfig.Split(name="serving", hash_buckets=1)])
+        output_config=example_gen_pb2.Output(
+            split_config=example_gen_pb2.SplitConfig(
+                splits=[example_gen_pb2.SplitConfig.Split(name="serving", hash_buckets=1)]
+            )
         ),
     ).with_id("serving_example_gen")
-    serving_statistics_gen = tfx.components.StatisticsGen(examples=serving_example_gen.outputs["examples"]).with_id(
+    serving_statistics_gen = StatisticsGen(examples=serving_example_gen.outputs["examples"]).with_id(
         "serving_statistics_gen"
     )
     return [serving_example_gen, serving_statistics_gen], serving_statistics_gen.outputs["statistics"]
@@ -126,18 +156,20 @@ def _training_examples(config: PipelineConfig, example_gen) -> tuple:
     gathered by a span-range resolver after ExampleGen has run. Evaluation stays on this span."""
     if config.window <= 1:
         return example_gen.outputs["examples"], []
-    resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.SpanRangeStrategy,
-        config={"range_config": tfx.proto.RangeConfig(rolling_range=tfx.proto.RollingRange(num_spans=config.window))},
-        examples=tfx.dsl.Channel(
-            type=tfx.types.standard_artifacts.Examples, producer_component_id=example_gen.id, output_key="examples"
-        ),
+    resolver = Resolver(
+        strategy_class=SpanRangeStrategy,
+        config={
+            "range_config": range_config_pb2.RangeConfig(
+                rolling_range=range_config_pb2.RollingRange(num_spans=config.window)
+            )
+        },
+        examples=Channel(type=standard_artifacts.Examples, producer_component_id=example_gen.id, output_key="examples"),
     ).with_id("span_window_resolver")
     resolver.add_upstream_node(example_gen)
     return resolver.outputs["examples"], [resolver]
 
 
-def _latest_blessed_model_resolver(config: PipelineConfig, import_schema_gen, transform) -> tfx.dsl.Resolver:
+def _latest_blessed_model_resolver(config: PipelineConfig, import_schema_gen, transform) -> Resolver:
     """The Trainer's base model and the Evaluator's baseline: the latest blessed model.
 
     With `reuse_unchanged_runs`, Conveyor's WarmStartModelStrategy, which also sees this run's
@@ -145,14 +177,12 @@ def _latest_blessed_model_resolver(config: PipelineConfig, import_schema_gen, tr
     Trainer, Evaluator and pusher are served from cache; otherwise TFX's LatestBlessedModelStrategy.
     """
     models = {
-        "model": tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        "model_blessing": tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        "model": Channel(type=standard_artifacts.Model),
+        "model_blessing": Channel(type=standard_artifacts.ModelBlessing),
     }
     if not config.reuse_unchanged_runs:
-        return tfx.dsl.Resolver(strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy, **models).with_id(
-            "latest_blessed_model_resolver"
-        )
-    return tfx.dsl.Resolver(
+        return Resolver(strategy_class=LatestBlessedModelStrategy, **models).with_id("latest_blessed_model_resolver")
+    return Resolver(
         strategy_class=WarmStartModelStrategy,
         # Flat values: TFX types a resolver's config per key and cannot hold a nested mixed dict.
         config={
@@ -172,17 +202,17 @@ def _model_nodes(config: PipelineConfig, example_gen, import_schema_gen, transfo
     """The latest-blessed-model resolver, Trainer, Evaluator and SafePusher."""
     component_config = config.component_config()
     latest_blessed_model_resolver = _latest_blessed_model_resolver(config, import_schema_gen, transform)
-    trainer = tfx.components.Trainer(
+    trainer = Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=import_schema_gen.outputs["schema"],
         base_model=latest_blessed_model_resolver.outputs["model"],
-        train_args=tfx.proto.TrainArgs(num_steps=config.training.train_steps),
-        eval_args=tfx.proto.EvalArgs(num_steps=config.training.eval_steps),
+        train_args=trainer_pb2.TrainArgs(num_steps=config.training.train_steps),
+        eval_args=trainer_pb2.EvalArgs(num_steps=config.training.eval_steps),
         custom_config=component_config,
     )
-    evaluator = tfx.components.Evaluator(
+    evaluator = Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=latest_blessed_model_resolver.outputs["model"],
@@ -199,7 +229,7 @@ def _model_nodes(config: PipelineConfig, example_gen, import_schema_gen, transfo
     return [latest_blessed_model_resolver, trainer, evaluator, pusher]
 
 
-def create_pipeline(config: PipelineConfig, data_stages_only: bool = False) -> tfx.dsl.Pipeline:
+def create_pipeline(config: PipelineConfig, data_stages_only: bool = False) -> Pipeline:
     """Builds the Conveyor pipeline from a validated config; pure, reads nothing from the environment.
 
     Args:
@@ -212,18 +242,18 @@ def create_pipeline(config: PipelineConfig, data_stages_only: bool = False) -> t
     """
     example_gen = _example_gen(config)
     # Runs before this run's StatisticsGen, so it resolves the previous run's statistics (drift).
-    previous_statistics_resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
-        statistics=tfx.dsl.Channel(
-            type=tfx.types.standard_artifacts.ExampleStatistics,
+    previous_statistics_resolver = Resolver(
+        strategy_class=LatestArtifactStrategy,
+        statistics=Channel(
+            type=standard_artifacts.ExampleStatistics,
             producer_component_id="StatisticsGen",
             output_key="statistics",
         ),
     ).with_id("previous_statistics_resolver")
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
-    import_schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_path)
-    example_validator = tfx.components.ExampleValidator(
+    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
+    import_schema_gen = ImportSchemaGen(schema_file=config.schema_path)
+    example_validator = ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=import_schema_gen.outputs["schema"]
     )
     serving_nodes, serving_statistics = _serving_statistics(config)
@@ -235,7 +265,7 @@ def create_pipeline(config: PipelineConfig, data_stages_only: bool = False) -> t
         **({"serving_statistics": serving_statistics} if serving_statistics is not None else {}),
     )
     training_examples, window_nodes = _training_examples(config, example_gen)
-    transform = tfx.components.Transform(
+    transform = Transform(
         examples=training_examples,
         schema=import_schema_gen.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
@@ -243,14 +273,17 @@ def create_pipeline(config: PipelineConfig, data_stages_only: bool = False) -> t
         # StatisticsGen and the data gate already cover the raw data; Transform's own pre- and
         # post-transform statistics would be two more full passes nobody reads.
         disable_statistics=True,
+        # No run reads the analyzer cache back (no `analyzer_cache` input is wired), so writing it
+        # would only add a Beam stage per analyzer.
+        disable_analyzer_cache=True,
         force_tf_compat_v1=True,
     )
     transform.add_upstream_node(data_gate)
     model_nodes = [] if data_stages_only else _model_nodes(config, example_gen, import_schema_gen, transform)
     metadata = None
     if config.output.metadata_path:
-        metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.output.metadata_path)
-    return tfx.dsl.Pipeline(
+        metadata = tfx_metadata.sqlite_metadata_connection_config(config.output.metadata_path)
+    return Pipeline(
         pipeline_name=config.name,
         pipeline_root=config.output.pipeline_root,
         components=[

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, TextIO
 
+from pipeline import speedups
 from pipeline.config import PipelineConfig
 
 _RUNNING = re.compile(r"^Component (\S+) is running\.$")
@@ -212,6 +213,7 @@ def local_beam_args(args: tuple[str, ...], data_root: Optional[str] = None) -> t
       Beam component (1.5 s each); the DirectRunner runs here and needs none, and a cluster runner
       needs this project's code, not TFX's. So unless a flag says otherwise, this project's
       setup.py is it.
+    - Side-input cache: off in the DirectRunner's workers, unless set (pipeline/speedups.py).
     """
     flags = {a.split("=")[0] for a in args}
     out = tuple(args)
@@ -220,6 +222,9 @@ def local_beam_args(args: tuple[str, ...], data_root: Optional[str] = None) -> t
             out += ("--direct_running_mode=multi_processing", f"--direct_num_workers={os.cpu_count() or 1}")
         else:
             out += ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+    runner = next((a.split("=", 1)[1] for a in args if a.startswith("--runner=")), "DirectRunner")
+    if runner in ("DirectRunner", "direct") and "--max_cache_memory_usage_mb" not in flags:
+        out += (speedups.NO_SIDE_INPUT_CACHE_ARG,)
     setup_file = Path(__file__).resolve().parents[1] / "setup.py"
     if not flags & set(_DEPENDENCY_FLAGS) and setup_file.is_file():
         out += (f"--setup_file={setup_file}",)
@@ -245,16 +250,17 @@ def run_local(config: PipelineConfig, progress_out: TextIO, log_dir: Optional[Pa
     log_dir = log_dir or output_dir / "logs"
     log_path = log_dir / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
     with output_lock(output_dir), _logs_to_file(log_path, progress_out) as progress:
-        from tfx import v1 as tfx
+        from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
         from pipeline.lineage import open_store, pipeline_runs, run_executions
         from pipeline.pipeline import create_pipeline
         from pipeline.registry import record_provenance
         from pipeline.summary import summarize
 
+        speedups.apply()
         pipeline = create_pipeline(config.replace(beam_args=local_beam_args(config.beam_args, config.data_root)))
         try:
-            tfx.orchestration.LocalDagRunner().run(pipeline)
+            LocalDagRunner().run(pipeline)
         except Exception as err:  # noqa: BLE001 - any component error ends the run; it is re-raised with context
             logging.exception("pipeline run failed")
             failed = ComponentFailed(progress.current or "pipeline", err, log_path)

@@ -9,7 +9,8 @@ import json
 import os
 
 import tensorflow_data_validation as tfdv
-from tfx import v1 as tfx
+from tfx.dsl.component.experimental.annotations import InputArtifact
+from tfx.dsl.component.experimental.decorators import component
 from tfx.types.standard_artifacts import ExampleAnomalies, ExampleStatistics, Schema
 
 from components.data_gate.anomalies import DataGateError, drift, message, read_artifact, skew
@@ -23,13 +24,13 @@ def _split_stats(artifact: ExampleStatistics, split: str):
     return tfdv.load_stats_binary(path) if os.path.exists(path) else None
 
 
-@tfx.dsl.components.component
+@component
 def DataGate(
-    anomalies: tfx.dsl.components.InputArtifact[ExampleAnomalies],
-    statistics: tfx.dsl.components.InputArtifact[ExampleStatistics],
-    schema: tfx.dsl.components.InputArtifact[Schema],
-    previous_statistics: tfx.dsl.components.InputArtifact[ExampleStatistics] = None,
-    serving_statistics: tfx.dsl.components.InputArtifact[ExampleStatistics] = None,
+    anomalies: InputArtifact[ExampleAnomalies],
+    statistics: InputArtifact[ExampleStatistics],
+    schema: InputArtifact[Schema],
+    previous_statistics: InputArtifact[ExampleStatistics] = None,
+    serving_statistics: InputArtifact[ExampleStatistics] = None,
 ) -> None:
     """Raises DataGateError listing every anomaly: ExampleValidator's, drift of the training split
     against the previous run's statistics under the schema's drift comparators, and, when serving

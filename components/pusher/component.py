@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tfx import v1 as tfx
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
 from tfx.types.standard_artifacts import Examples, Model, ModelBlessing, PushedModel, Schema
 from tfx.utils import path_utils
 
@@ -57,15 +58,15 @@ def pre_push_check(saved_model: str, examples: Examples, split: str = "eval") ->
     return result.stdout.strip()
 
 
-@tfx.dsl.components.component
+@component
 def SafePusher(
-    model: tfx.dsl.components.InputArtifact[Model],
-    model_blessing: tfx.dsl.components.InputArtifact[ModelBlessing],
-    examples: tfx.dsl.components.InputArtifact[Examples],
-    schema: tfx.dsl.components.InputArtifact[Schema],
-    pushed_model: tfx.dsl.components.OutputArtifact[PushedModel],
-    serving_model_dir: tfx.dsl.components.Parameter[str],
-    keep_versions: tfx.dsl.components.Parameter[int] = 5,
+    model: InputArtifact[Model],
+    model_blessing: InputArtifact[ModelBlessing],
+    examples: InputArtifact[Examples],
+    schema: InputArtifact[Schema],
+    pushed_model: OutputArtifact[PushedModel],
+    serving_model_dir: Parameter[str],
+    keep_versions: Parameter[int] = 5,
 ) -> None:
     """Publishes the model to `serving_model_dir/<version>` when it is blessed, passes the pre-push
     check and is not already served; then keeps the newest `keep_versions` versions.

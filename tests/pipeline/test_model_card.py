@@ -121,3 +121,38 @@ def test_slices_with_numeric_values_are_drawn_in_numeric_order():
     slices = _slice_metric(by_slice, "auc")
     assert list(slices["trip_start_hour"]) == ["2", "10", "23"]
     assert list(slices["payment_type"]) == ["Cash", "Credit Card"]
+
+
+def test_shuffled_examples_are_the_examples_with_one_feature_swapped():
+    """Permutation importance builds shuffled examples from serialized pieces; they must parse to
+    exactly what editing the tf.Example protos would give, long values and missing ones included."""
+    import tensorflow as tf
+
+    from pipeline.model_card import _example, _feature_entries
+
+    def example(**features):
+        out = tf.train.Example()
+        for name, value in features.items():
+            feature = out.features.feature[name]
+            if isinstance(value, bytes):
+                feature.bytes_list.value.append(value)
+            elif isinstance(value, float):
+                feature.float_list.value.append(value)
+            else:
+                feature.int64_list.value.extend(value)
+        return out
+
+    own = example(company=b"x" * 300, fare=12.5, hours=list(range(100)))
+    donor = example(company=b"Flash Cab", hours=[3])
+    entries, donor_entries = _feature_entries(own.SerializeToString()), _feature_entries(donor.SerializeToString())
+    assert tf.train.Example.FromString(_example(entries.values())) == own
+
+    for name in ("company", "fare", "hours"):
+        expected = tf.train.Example()
+        expected.CopyFrom(own)
+        if name in donor.features.feature:
+            expected.features.feature[name].CopyFrom(donor.features.feature[name])
+        else:
+            del expected.features.feature[name]
+        pieces = [v for k, v in entries.items() if k != name] + [donor_entries.get(name, b"")]
+        assert tf.train.Example.FromString(_example(pieces)) == expected

@@ -87,7 +87,8 @@ def test_beam_running_mode_follows_input_size_unless_the_config_chooses(tmp_path
     monkeypatch.setattr(runner, "MULTI_PROCESSING_BYTES", 4)
     large = runner.local_beam_args((), str(tmp_path))
     assert large[:2] == ("--direct_running_mode=multi_processing", f"--direct_num_workers={os.cpu_count()}")
-    chosen = ("--direct_running_mode=in_memory", "--extra_package=dist/x.tar.gz")
+    assert "--max_cache_memory_usage_mb=0" in small and "--max_cache_memory_usage_mb=0" in large
+    chosen = ("--direct_running_mode=in_memory", "--extra_package=dist/x.tar.gz", "--max_cache_memory_usage_mb=50")
     assert runner.local_beam_args(chosen, str(tmp_path)) == chosen
     flink = ("--runner=FlinkRunner",)
-    assert runner.local_beam_args(flink, str(tmp_path))[:1] == flink
+    assert runner.local_beam_args(flink, str(tmp_path)) == (*flink, small[-1])
