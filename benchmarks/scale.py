@@ -96,15 +96,17 @@ _STAGES = """
 import sys, time, io
 from pipeline.cli import prepare_environment
 prepare_environment()
-from tfx import v1 as tfx
+from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+from pipeline import speedups
 from pipeline.config import load_config
 from pipeline.pipeline import create_pipeline
 from pipeline.runner import local_beam_args
+speedups.apply()
 config = load_config(sys.argv[1], output_dir=sys.argv[2], data_root=sys.argv[3])
 config = config.replace(beam_args=local_beam_args(tuple(sys.argv[4:]), config.data_root))
 pipeline = create_pipeline(config, data_stages_only=True)
 t = time.monotonic()
-tfx.orchestration.LocalDagRunner().run(pipeline)
+LocalDagRunner().run(pipeline)
 print("SECONDS", time.monotonic() - t)
 print("BEAM", " ".join(config.beam_args))
 """

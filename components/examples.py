@@ -9,6 +9,12 @@ import tensorflow as tf
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 
+def record_compression(files: list[str]) -> str:
+    """The `compression_type` for tf.data.TFRecordDataset over example files, from their names:
+    TFX's own components write gzip (`.gz`), CsvExampleGen here writes uncompressed files."""
+    return "GZIP" if files and all(f.endswith(".gz") for f in files) else ""
+
+
 def to_example(values: Mapping[str, Any], schema: schema_pb2.Schema, skip: Iterable[str] = ()) -> tf.train.Example:
     """Builds a tf.Example from one row of raw values; empty strings and None count as missing.
 

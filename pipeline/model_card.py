@@ -39,8 +39,12 @@ class Scored:
 def _eval_examples(examples_uri: str, limit: int = MAX_EXAMPLES) -> list[bytes]:
     import tensorflow as tf
 
+    from components.examples import record_compression
+
     files = tf.io.gfile.glob(os.path.join(examples_uri, "Split-eval", "*"))
-    return list(tf.data.TFRecordDataset(files, compression_type="GZIP").take(limit).as_numpy_iterator())
+    return list(
+        tf.data.TFRecordDataset(files, compression_type=record_compression(files)).take(limit).as_numpy_iterator()
+    )
 
 
 def _labels(model, records: list[bytes], label: str, task: str = "binary") -> np.ndarray:

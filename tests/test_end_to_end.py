@@ -85,6 +85,20 @@ def test_ml_metadata_records_every_component(two_runs, e2e_config):
     assert not executions["Trainer"].inputs.get("base_model")
 
 
+def test_examples_are_uncompressed_tfrecords_recorded_as_tfx_records_them(two_runs, e2e_config):
+    """CsvExampleGen writes uncompressed files (components/example_gen.py); every row is there and the
+    artifact carries the payload and file format TFX's own executor records."""
+    store = open_store(e2e_config.output.metadata_path)
+    examples = run_executions(store, pipeline_runs(store, e2e_config.name)[0], e2e_config.name)["CsvExampleGen"]
+    artifact = examples.output("examples")
+    files = sorted(Path(artifact.uri).glob("Split-*/*"))
+    assert files and not [f for f in files if f.suffix == ".gz"]
+    rows = sum(1 for _ in tf.data.TFRecordDataset([str(f) for f in files]))
+    assert rows == 400
+    assert artifact.custom_properties["payload_format"].string_value == "FORMAT_TF_EXAMPLE"
+    assert artifact.custom_properties["file_format"].string_value == "tfrecords_gzip"
+
+
 def test_first_summary_reports_rows_metrics_and_blessing(two_runs):
     first, _, _, _ = two_runs
     summary = first.summary

@@ -20,10 +20,14 @@ def check(model_dir: str, file_pattern: str, n: int = 8) -> str:
     import numpy as np
     import tensorflow as tf
 
+    from components.examples import record_compression
+
     files = tf.io.gfile.glob(file_pattern)
     if not files:
         raise RuntimeError(f"no evaluation examples match {file_pattern}")
-    records = list(tf.data.TFRecordDataset(files, compression_type="GZIP").take(n).as_numpy_iterator())
+    records = list(
+        tf.data.TFRecordDataset(files, compression_type=record_compression(files)).take(n).as_numpy_iterator()
+    )
     try:
         model = tf.saved_model.load(model_dir)
     except (OSError, ValueError, tf.errors.OpError) as err:

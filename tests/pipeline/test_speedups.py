@@ -31,7 +31,9 @@ def test_side_inputs_are_still_right_without_the_cache():
             p
             | beam.Create(range(1000))
             | beam.Reshuffle()
-            | beam.Map(lambda x, t, v: x * t + len(v), t=beam.pvalue.AsSingleton(total), v=beam.pvalue.AsList(vocabulary))
+            | beam.Map(
+                lambda x, t, v: x * t + len(v), t=beam.pvalue.AsSingleton(total), v=beam.pvalue.AsList(vocabulary)
+            )
         )
         assert_that(out, equal_to([x * 6 + 2 for x in range(1000)]))
 
