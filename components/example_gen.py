@@ -17,8 +17,10 @@ from typing import Any
 
 import apache_beam as beam
 from tfx.components.example_gen import utils, write_split
+from tfx.components.example_gen.csv_example_gen import component as csv_component
 from tfx.components.example_gen.csv_example_gen import executor as csv_executor
 from tfx.components.util import examples_utils
+from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
@@ -66,3 +68,9 @@ class Executor(csv_executor.Executor):
             examples_utils.set_payload_format(examples, payload_format)
         if file_format:
             examples_utils.set_file_format(examples, write_split.to_file_format_str(file_format))
+
+
+class CsvExampleGen(csv_component.CsvExampleGen):
+    """TFX's CsvExampleGen, same parameters and outputs, run by the executor above."""
+
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)

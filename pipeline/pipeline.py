@@ -10,7 +10,6 @@ from google.protobuf.wrappers_pb2 import BoolValue
 # TFX's own modules, not `tfx.v1`: importing tfx.v1 also imports its Google Cloud extensions
 # (google.cloud.aiplatform), about 3 s of every command's start-up that no local run uses.
 from tfx.components import (
-    CsvExampleGen,
     Evaluator,
     ExampleValidator,
     SchemaGen,
@@ -19,7 +18,6 @@ from tfx.components import (
     Transform,
 )
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
-from tfx.dsl.components.base import executor_spec
 from tfx.dsl.components.common.resolver import Resolver
 from tfx.dsl.input_resolution.strategies.latest_artifact_strategy import LatestArtifactStrategy
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
@@ -30,8 +28,8 @@ from tfx.proto import example_gen_pb2, range_config_pb2, trainer_pb2
 from tfx.types import standard_artifacts
 from tfx.types.channel import Channel
 
-from components import example_gen
 from components.data_gate.component import DataGate
+from components.example_gen import CsvExampleGen
 from components.features import PREDICTION_KEY, TRANSFORM_SIGNATURE, transformed_label
 from components.pusher.component import SafePusher
 from components.warm_start import WarmStartModelStrategy
@@ -119,22 +117,17 @@ def eval_config(
     )
 
 
-def _csv_example_gen(**kwargs) -> CsvExampleGen:
-    """TFX's CsvExampleGen with uncompressed output (components/example_gen.py says why)."""
-    return CsvExampleGen(custom_executor_spec=executor_spec.BeamExecutorSpec(example_gen.Executor), **kwargs)
-
-
 def _example_gen(config: PipelineConfig) -> CsvExampleGen:
     """CsvExampleGen over the whole data root, or over one span-<N>/ directory: the newest by
     default, or `config.span`. The span is recorded on the Examples artifact."""
     if not config.span_pattern:
-        return _csv_example_gen(input_base=config.data_root)
+        return CsvExampleGen(input_base=config.data_root)
     range_config = None
     if config.span is not None:
         range_config = range_config_pb2.RangeConfig(
             static_range=range_config_pb2.StaticRange(start_span_number=config.span, end_span_number=config.span)
         )
-    return _csv_example_gen(
+    return CsvExampleGen(
         input_base=config.data_root,
         input_config=example_gen_pb2.Input(
             splits=[example_gen_pb2.Input.Split(name="single_split", pattern=config.span_pattern)]
@@ -147,7 +140,7 @@ def _serving_statistics(config: PipelineConfig) -> tuple[list, object]:
     """With `data.serving_root`, statistics of the serving data for the gate's skew check."""
     if not config.serving_data_root:
         return [], None
-    serving_example_gen = _csv_example_gen(
+    serving_example_gen = CsvExampleGen(
         input_base=config.serving_data_root,
         output_config=example_gen_pb2.Output(
             split_config=example_gen_pb2.SplitConfig(
