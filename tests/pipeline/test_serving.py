@@ -384,7 +384,9 @@ def test_a_reader_never_sees_a_partial_or_repeated_version_during_rapid_pushes(s
 def test_serve_command_prints_its_url_and_serves_until_interrupted(served, tmp_path):
     log_path = tmp_path / "serve.log"
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
-    command = [sys.executable, "-m", "pipeline.serving", "--output-dir", str(served.root.parent), "--port", "0"]
+    # faulthandler: if the server ever fails to stop, SIGABRT below dumps every thread's stack to the log.
+    command = [sys.executable, "-X", "faulthandler", "-m", "pipeline.serving", "--output-dir", str(served.root.parent)]
+    command += ["--port", "0"]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=PROJECT_ROOT, env=env)
     lines: queue.Queue = queue.Queue()
@@ -397,7 +399,14 @@ def test_serve_command_prints_its_url_and_serves_until_interrupted(served, tmp_p
         with urllib.request.urlopen(f"{match.group(0)}/v1/models/{served.name}", timeout=60) as response:
             assert json.loads(response.read())["model_version_status"][0]["version"] == str(served.version)
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 0
+        try:
+            assert process.wait(timeout=60) == 0
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            process.wait(timeout=30)
+            threads = log_path.read_text()[-6000:]
+            pytest.fail(f"conveyor serve did not stop within 60 s of SIGINT; its threads: {threads}")
+        assert "conveyor serve: stopped" in log_path.read_text()
     finally:
         if process.poll() is None:
             process.kill()
