@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import gc
 import json
 import logging
 import math
@@ -881,10 +880,6 @@ def main(args: argparse.Namespace) -> int:
         pass
     finally:
         server.stop()
-        # Release the loaded SavedModels now, while the interpreter is whole: TensorFlow objects
-        # freed during interpreter shutdown are a known source of hangs at exit (tensorflow#21277).
-        del server
-        gc.collect()
         log.info("stopped")
     return 0
 

@@ -381,6 +381,12 @@ def test_a_reader_never_sees_a_partial_or_repeated_version_during_rapid_pushes(s
     assert partial_states > 0, "the reader never looked while pushes were under way"
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT neither ignored nor blocked, whatever this process inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_serve_command_prints_its_url_and_serves_until_interrupted(served, tmp_path):
     log_path = tmp_path / "serve.log"
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
@@ -388,7 +394,17 @@ def test_serve_command_prints_its_url_and_serves_until_interrupted(served, tmp_p
     command = [sys.executable, "-X", "faulthandler", "-m", "pipeline.serving", "--output-dir", str(served.root.parent)]
     command += ["--port", "0"]
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True, cwd=PROJECT_ROOT, env=env)
+        # As from a terminal: a shell without job control starts background commands with SIGINT
+        # ignored, and a child inherits that (a CI rehearsal started that way hung here).
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=PROJECT_ROOT,
+            env=env,
+            preexec_fn=_sigint_as_in_a_terminal,
+        )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
     try:
