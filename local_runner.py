@@ -5,7 +5,7 @@ Usage: python local_runner.py [--config FILE] [--data-root DIR] [--output-dir DI
 
 import sys
 
-from pipeline.cli import main
+from cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["run", *sys.argv[1:]]))

@@ -1,13 +1,16 @@
-"""Packaging for Conveyor: installs pipeline/ and components/ so dotted paths resolve everywhere."""
+"""Packaging for Conveyor: installs every room (pipeline/, components/, schema/, registry/, serving/, kubeflow/,
+cli/) so dotted paths resolve the same way locally, in tests and in the container."""
 
 from setuptools import find_packages, setup
+
+ROOMS = ("pipeline", "components", "schema", "registry", "serving", "kubeflow", "cli")
 
 setup(
     name="conveyor",
     version="0.1.0",
     description="A production ML platform on TensorFlow Extended (TFX).",
     python_requires=">=3.10,<3.11",
-    packages=find_packages(include=["pipeline", "pipeline.*", "components", "components.*", "kubeflow", "kubeflow.*"]),
+    packages=find_packages(include=[f"{room}{sub}" for room in ROOMS for sub in ("", ".*")]),
     py_modules=["local_runner"],
     include_package_data=True,
     install_requires=[
@@ -24,5 +27,5 @@ setup(
         "matplotlib==3.9.2",
     ],
     extras_require={"test": ["pytest==8.0.0", "ruff==0.17.6", "hypothesis==6.168.5"]},
-    entry_points={"console_scripts": ["conveyor=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["conveyor=cli.main:main"]},
 )

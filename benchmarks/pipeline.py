@@ -47,7 +47,7 @@ print("MAXRSS", max(usage))
 """
 _OURS = """
 import resource, sys
-from pipeline.cli import main
+from cli.main import main
 code = main(["run", "--data-root", sys.argv[2], "--output-dir", sys.argv[1]])
 usage = [resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
 print("MAXRSS", max(usage))
@@ -70,7 +70,7 @@ def _run(script: str, *args: str) -> tuple[float, float]:
 
 
 def _component_times(output: Path) -> dict[str, float]:
-    from pipeline.lineage import open_store, pipeline_runs, run_executions
+    from registry.lineage import open_store, pipeline_runs, run_executions
 
     store = open_store(str(output / "metadata.sqlite"))
     run = pipeline_runs(store, "taxi")[-1]

@@ -94,7 +94,7 @@ print("SECONDS", time.monotonic() - t)
 
 _STAGES = """
 import sys, time, io
-from pipeline.cli import prepare_environment
+from pipeline.environment import prepare_environment
 prepare_environment()
 from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 from pipeline import speedups
@@ -142,7 +142,7 @@ def _run(script: str, *args: str, workdir: Path) -> dict:
 
 
 def _component_seconds(output: Path) -> dict[str, float]:
-    from pipeline.lineage import open_store, pipeline_runs, run_executions
+    from registry.lineage import open_store, pipeline_runs, run_executions
 
     store = open_store(str(output / "metadata.sqlite"))
     run = pipeline_runs(store, "taxi")[-1]

@@ -30,13 +30,17 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, this directory comes first on sys.path, and benchmarks/serving.py would shadow
+# the `serving` package: put the project root there instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(PROJECT_ROOT))
 BATCHES = (1, 64)
 WARM_UP = 20
 
 
 def _rows(schema, count: int) -> tuple[list[dict[str, str]], set[str]]:
     """`count` raw rows of the bundled taxi data, without the columns kept out of serving (the label)."""
-    from pipeline.serving import not_served
+    from serving.models import not_served
 
     excluded = not_served(schema)
     files = sorted(PROJECT_ROOT.glob("data/taxi/**/*.csv"))
@@ -110,7 +114,7 @@ def main(argv=None) -> int:
     import tensorflow_data_validation as tfdv
 
     from components.examples import to_example
-    from pipeline.serving import ModelServer
+    from serving.server import ModelServer
 
     schema = tfdv.load_schema_text(str(version_dir / "assets.extra" / SCHEMA_FILE))
     raw, excluded = _rows(schema, max(BATCHES))

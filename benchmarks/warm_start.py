@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.cli import prepare_environment  # light: sets TF_USE_LEGACY_KERAS before TF loads
+from pipeline.environment import prepare_environment  # light: sets TF_USE_LEGACY_KERAS before TF loads
 
 prepare_environment()
 
@@ -58,8 +58,8 @@ def main(argv=None) -> int:
 
     from components.model import _vocabularies, build_model, input_fn, warm_start
     from pipeline.config import list_spans, load_config
-    from pipeline.lineage import open_store, pipeline_runs, run_executions
     from pipeline.runner import run_local
+    from registry.lineage import open_store, pipeline_runs, run_executions
 
     config_path = PROJECT_ROOT / "configs" / "taxi.yaml"
     base_config = load_config(config_path, output_dir=args.output_dir)

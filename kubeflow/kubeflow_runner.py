@@ -151,7 +151,7 @@ def _mount_serving_volume(path: Path, pvc: str, mount_path: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipeline.cli import DEFAULT_CONFIG
+    from pipeline.environment import DEFAULT_CONFIG
 
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="dataset config (default: configs/taxi.yaml)")
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help=f"pipeline file (default: {DEFAULT_OUTPUT})")
@@ -210,7 +210,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from pipeline.cli import prepare_environment
+    from pipeline.environment import prepare_environment
 
     prepare_environment()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -252,10 +252,10 @@ def run_local(config: PipelineConfig, progress_out: TextIO, log_dir: Optional[Pa
     with output_lock(output_dir), _logs_to_file(log_path, progress_out) as progress:
         from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
-        from pipeline.lineage import open_store, pipeline_runs, run_executions
         from pipeline.pipeline import create_pipeline
-        from pipeline.registry import record_provenance
-        from pipeline.summary import summarize
+        from registry.lineage import open_store, pipeline_runs, run_executions
+        from registry.runs import record_provenance
+        from registry.summary import summarize
 
         speedups.apply()
         pipeline = create_pipeline(config.replace(beam_args=local_beam_args(config.beam_args, config.data_root)))
@@ -277,8 +277,8 @@ def run_local(config: PipelineConfig, progress_out: TextIO, log_dir: Optional[Pa
 
 def _write_card(config: PipelineConfig, summary) -> str:
     """The pushed version's model card; a failure here is reported, never undoes the push."""
-    from pipeline.model_card import write_card
-    from pipeline.registry import versions
+    from registry.model_card import write_card
+    from registry.versions import versions
 
     version = int(Path(summary.pushed_to).name)
     try:

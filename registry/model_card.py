@@ -1,6 +1,6 @@
 """Model cards: one self-contained HTML page (and Markdown) per pushed version, in its assets.extra/.
 
-The card holds the version's full record (pipeline.model_record), the evaluation charts by task
+The card holds the version's full record (registry.record), the evaluation charts by task
 (binary: ROC and precision-recall curves, the confusion matrix at the decision threshold, a
 calibration plot; multiclass: the confusion matrix; regression: predicted versus actual and the
 residuals), per-slice bars of the headline metric with the threshold drawn in, and permutation
@@ -364,7 +364,7 @@ def _trained_with(record, config) -> tuple:
     Metadata (its custom_config), so a card regenerated after the config file changed still
     describes this model; the config only for a version with no Trainer on record."""
     from pipeline.config import features_from_component_config, task_from_component_config
-    from pipeline.model_record import exec_property
+    from registry.record import exec_property
 
     trainer = record.executions.get("Trainer")
     custom = json.loads(exec_property(trainer, "custom_config") or "{}") if trainer is not None else {}
@@ -379,7 +379,7 @@ def write_card(record, config, version_dir: Optional[str] = None) -> tuple[Path,
     """Writes model_card.html (self-contained) and model_card.md into the version's assets.extra/.
 
     Args:
-      record: a pipeline.registry.VersionRecord with its executions.
+      record: a registry.versions.VersionRecord with its executions.
       config: the PipelineConfig (label and features).
       version_dir: where the version lives (default: the recorded push destination).
 
@@ -388,7 +388,7 @@ def write_card(record, config, version_dir: Optional[str] = None) -> tuple[Path,
     """
     import tensorflow as tf
 
-    from pipeline.model_record import describe, metrics_by_slice, thresholds
+    from registry.record import describe, metrics_by_slice, thresholds
 
     version_dir = Path(version_dir or record.destination)
     ex = record.executions

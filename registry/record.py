@@ -7,9 +7,9 @@ import json
 import os
 from typing import Any, Optional
 
-from pipeline.lineage import NodeExecution, custom_property, int_property
-from pipeline.registry import VersionRecord
-from pipeline.summary import metric_label
+from registry.lineage import NodeExecution, custom_property, int_property
+from registry.summary import metric_label
+from registry.versions import VersionRecord
 
 TRAINING_RECORD = os.path.join("assets.extra", "conveyor_training.json")
 

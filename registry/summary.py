@@ -11,7 +11,7 @@ import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
 
 from components.data_gate.anomalies import by_split, read_artifact
-from pipeline.lineage import NodeExecution, custom_property, format_spans, int_property, model_origin
+from registry.lineage import NodeExecution, custom_property, format_spans, int_property, model_origin
 
 TRAINING_RECORD = os.path.join("assets.extra", "conveyor_training.json")
 
@@ -189,7 +189,7 @@ def _training(trainer: NodeExecution, store, pipeline_name: str) -> str:
 
 
 def summarize(run_id: str, executions: dict[str, NodeExecution], store=None, pipeline_name: str = "") -> RunSummary:
-    """Builds the summary of one run from its executions (see pipeline.lineage.run_executions)."""
+    """Builds the summary of one run from its executions (see registry.lineage.run_executions)."""
     summary = RunSummary(run_id)
     example_gen = executions.get("CsvExampleGen")
     if example_gen is not None and example_gen.output("examples") is not None:

@@ -1,7 +1,7 @@
-"""The model registry view: pushed versions and runs, read from ML Metadata lineage and the artifacts.
+"""Pushed versions: what each one is and what made it, read from ML Metadata lineage; rollback.
 
-A *version* is a PushedModel artifact with `pushed = 1` (from SafePusher, or from a rollback); a
-*run* is a `pipeline_run` context. Nothing here keeps its own copy of either.
+A *version* is a PushedModel artifact with `pushed = 1` (from SafePusher, or from a rollback). Nothing
+here keeps its own copy of it; the runs that push versions are read through `registry.runs`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components.pusher.publish import list_versions, publish, write_models_config
-from pipeline.lineage import (
+from registry.lineage import (
     NodeExecution,
     custom_property,
     int_property,
@@ -28,11 +27,10 @@ from pipeline.lineage import (
     pipeline_runs,
     run_executions,
 )
-from pipeline.summary import RunSummary, summarize
+from registry.runs import provenance
+from registry.summary import RunSummary, summarize
 
 ROLLBACK_TYPE = "conveyor.Rollback"
-PROVENANCE_KEYS = ("user", "git_commit", "git_dirty", "config")
-ERROR_KEY = "conveyor_error"
 
 
 @dataclass
@@ -53,55 +51,6 @@ class VersionRecord:
 
 def _time(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="seconds") if ms else ""
-
-
-def provenance(context: metadata_store_pb2.Context) -> dict:
-    return {k: custom_property(context, k) for k in PROVENANCE_KEYS if custom_property(context, k) is not None}
-
-
-# The code a run executes is this project's, wherever `conveyor` was started from.
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _git(*args: str) -> str:
-    try:
-        result = subprocess.run(
-            ["git", *args], capture_output=True, text=True, check=False, timeout=10, cwd=PROJECT_ROOT
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return result.stdout.strip() if result.returncode == 0 else ""
-
-
-def record_provenance(
-    metadata_path: str, pipeline_name: str, config_source: str, error: Optional[tuple[str, str]] = None
-) -> None:
-    """Writes who ran the latest run, from which code, onto its run context; and a failed
-    component's error onto its execution (TFX records only the FAILED state)."""
-    try:
-        store = open_store(metadata_path, readonly=False)
-    except FileNotFoundError:
-        return
-    runs = pipeline_runs(store, pipeline_name)
-    if not runs:
-        return
-    run = runs[-1]
-    commit = _git("rev-parse", "HEAD")
-    values = {
-        "user": getpass.getuser(),
-        "git_commit": commit or "unknown (not a git checkout)",
-        "git_dirty": ("yes" if _git("status", "--porcelain") else "no") if commit else "unknown",
-        "config": config_source or "",
-    }
-    for key, value in values.items():
-        run.custom_properties[key].string_value = value
-    store.put_contexts([run])
-    if error is not None:
-        node_id, message = error
-        node = run_executions(store, run, pipeline_name).get(node_id)
-        if node is not None:
-            node.execution.custom_properties[ERROR_KEY].string_value = message[:4000]
-            store.put_executions([node.execution])
 
 
 def _pushed_artifacts(store: metadata_store.MetadataStore) -> list[metadata_store_pb2.Artifact]:
@@ -140,31 +89,6 @@ def versions(metadata_path: str, pipeline_name: str, model_dir: str) -> list[Ver
                 record.training_spans = model_origin(store, trainer.output("model").id, pipeline_name)[1]
         records.append(record)
     return sorted(records, key=lambda r: r.version, reverse=True)
-
-
-def runs(
-    metadata_path: str, pipeline_name: str
-) -> list[tuple[metadata_store_pb2.Context, dict[str, NodeExecution], RunSummary]]:
-    """Every run, newest first, with its executions and summary."""
-    store = open_store(metadata_path)
-    out = []
-    for run in reversed(pipeline_runs(store, pipeline_name)):
-        executions = run_executions(store, run, pipeline_name)
-        out.append((run, executions, summarize(run.name, executions, store, pipeline_name)))
-    return out
-
-
-def run_status(executions: dict[str, NodeExecution]) -> tuple[str, Optional[NodeExecution]]:
-    """("succeeded" | "failed" | "incomplete", the failed execution)."""
-    # A resolver that finds nothing (no statistics or blessed model yet) is recorded as failed by
-    # TFX; that is the normal first run, not a failure of the run.
-    failed = next((e for k, e in executions.items() if e.state == "failed" and not k.endswith("_resolver")), None)
-    if failed is not None:
-        return "failed", failed
-    pusher = next((e for k, e in executions.items() if k.endswith("Pusher")), None)
-    if pusher is None or pusher.state not in ("complete", "cached"):
-        return "incomplete", None
-    return "succeeded", None
 
 
 # ---------------------------------------------------------------------------------------------

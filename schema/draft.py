@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.config import DEFAULT_METRICS, TASKS, list_spans
-from pipeline.data_check import CsvInput, DataReadError, read_csv_input
+from schema.check import CsvInput, DataReadError, read_csv_input
 
 # Integer columns with at most this many values are categories (hour, day, year), not quantities.
 MAX_INT_CATEGORIES = 20
@@ -293,7 +293,7 @@ def _config_text(
 def _draft_schema(csv_input: CsvInput, label: str, features: list[dict], beam_args: tuple[str, ...]):
     import tensorflow_data_validation as tfdv
 
-    from pipeline.data_check import csv_statistics
+    from schema.check import csv_statistics
 
     stats = csv_statistics(csv_input, beam_args)
     schema = tfdv.infer_schema(stats, infer_feature_shape=True)
@@ -336,7 +336,7 @@ def draft(
       DataReadError: the data cannot be read.
       DraftError: the label is missing or unsuitable, or a file exists and force is False.
     """
-    from pipeline.schema_review import write_schema
+    from schema.review import write_schema
 
     data = Path(data).resolve()
     spans = list_spans(data)

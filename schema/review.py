@@ -402,7 +402,7 @@ def diff(data_path: str | Path, schema_path: str | Path, beam_args: Sequence[str
     import tensorflow_data_validation as tfdv
 
     from components.data_gate.anomalies import from_proto
-    from pipeline.data_check import csv_statistics, read_csv_input
+    from schema.check import csv_statistics, read_csv_input
 
     csv_input = read_csv_input(data_path)
     stats = csv_statistics(csv_input, beam_args)

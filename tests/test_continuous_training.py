@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from cli.main import main
 from components.pusher.publish import list_versions, publish
-from pipeline import registry
-from pipeline.cli import main
 from pipeline.config import EvaluationConfig, ModelConfig, ThresholdConfig, TrainingConfig, load_config
-from pipeline.lineage import int_property, open_store, pipeline_runs, run_executions
 from pipeline.runner import run_local
+from registry.lineage import int_property, open_store, pipeline_runs, run_executions
+from registry.versions import versions
 from tests.conftest import PROJECT_ROOT, SMALL_FEATURES, TAXI_CONFIG, write_csv
 
 pytestmark = pytest.mark.e2e
@@ -159,7 +159,7 @@ def test_rollback_republishes_the_previous_version_with_lineage(span_runs, capsy
     assert new > bad
     restored = (Path(model_dir) / str(new) / "saved_model.pb").read_bytes()
     assert restored == (Path(model_dir) / str(good) / "saved_model.pb").read_bytes()
-    records = {r.version: r for r in registry.versions(config.output.metadata_path, config.name, model_dir)}
+    records = {r.version: r for r in versions(config.output.metadata_path, config.name, model_dir)}
     assert records[new].rollback_of == good
     config_text = (Path(config.output.serving_root) / "models.config").read_text()
     assert f'key: "stable"\n      value: {new}' in config_text
@@ -171,8 +171,8 @@ def test_a_rerun_of_span_two_would_warm_start_from_span_ones_model_again(span_ru
     """The warm-start resolver for an unchanged re-run of span 2's run: not span 2's own model (that
     would defeat the cache) but the model that run warm-started from, with its blessing."""
     from components.warm_start import WarmStartModelStrategy
-    from pipeline.model_record import exec_property
     from pipeline.pipeline import RUN_FN
+    from registry.record import exec_property
     from tests.components.test_warm_start import typed_artifacts
 
     config = span_runs["config"]

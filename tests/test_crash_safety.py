@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from components.pusher.publish import list_versions
-from pipeline.lineage import open_store, pipeline_runs, run_executions
+from registry.lineage import open_store, pipeline_runs, run_executions
 from tests.conftest import SMALL_FEATURES, TAXI_CONFIG, sample_taxi_rows, write_csv
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +40,7 @@ def _run(args, output: Path, kill_at=None, timeout=600):
     logs = output / "logs"
     before = set(logs.glob("*.log")) if logs.exists() else set()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", *args],
+        [sys.executable, "-m", "cli.main", "run", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -103,14 +103,14 @@ def test_a_run_started_while_another_runs_is_refused_and_metadata_stays_whole(tm
     output = tmp_path / "out"
     args = ["--config", str(_config_file(tmp_path)), "--data-root", str(data), "--output-dir", str(output)]
     first = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "cli.main", "run", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     lock = output / ".conveyor.lock"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (lock.exists() and f"pid {first.pid}" in lock.read_text()):
         time.sleep(0.2)
     assert first.poll() is None, "the first run should still be running"
-    second = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", *args], capture_output=True, text=True)
+    second = subprocess.run([sys.executable, "-m", "cli.main", "run", *args], capture_output=True, text=True)
     assert second.returncode == 2
     assert f"is in use by conveyor run (pid {first.pid}" in second.stderr
     assert "pass another --output-dir" in second.stderr

@@ -10,8 +10,8 @@ import tensorflow as tf
 import tensorflow_data_validation as tfdv
 
 from components.examples import to_example
-from pipeline.lineage import open_store, pipeline_runs, run_executions
 from pipeline.runner import ComponentFailed, run_local
+from registry.lineage import open_store, pipeline_runs, run_executions
 from tests.conftest import sample_taxi_rows, write_csv
 
 pytestmark = pytest.mark.e2e
@@ -218,7 +218,7 @@ def test_data_gate_stops_the_run_before_transform_and_keeps_served_models(gate_r
 
 
 def test_runs_show_names_the_failed_component_and_its_error(gate_runs, e2e_config, capsys):
-    from pipeline.cli import main
+    from cli.main import main
 
     store = open_store(e2e_config.output.metadata_path)
     failed_run = pipeline_runs(store, e2e_config.name)[-1]  # the last gate run: skewed serving data

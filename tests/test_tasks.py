@@ -15,12 +15,13 @@ import pytest
 import tensorflow as tf
 import yaml
 
+from cli.main import main
 from components.examples import to_example
 from components.pusher.publish import list_versions
-from pipeline import serving
-from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.schema_review import read_schema
+from schema.review import read_schema
+from serving.models import ModelRepository
+from serving.rest import handle
 from tests.conftest import write_csv
 from tests.synthetic import dataset
 
@@ -120,12 +121,12 @@ def test_evaluation_reports_the_tasks_metrics(task_runs):
 @pytest.mark.parametrize("task", ["multiclass", "regression"])
 def test_rest_api_answers_with_plain_json(task_runs, task):
     config, *_ = task_runs[task]
-    repository = serving.ModelRepository(config.output.serving_root)
+    repository = ModelRepository(config.output.serving_root)
     rows, _ = _eval_rows(config, n=2)
     typed = {"x1": float, "x2": float, "weekday": int, "color": str, "city": str}
     instances = [{k: typed[k](v) for k, v in r.items() if k in typed and v != ""} for r in rows]
     body = json.dumps({"instances": instances})
-    answer = serving.handle(repository, "POST", f"/v1/models/{config.model_name}:predict", body.encode())
+    answer = handle(repository, "POST", f"/v1/models/{config.model_name}:predict", body.encode())
     predictions = answer["predictions"]
     assert len(predictions) == 2
     if task == "multiclass":

@@ -1,0 +1,1 @@
+"""SafePusher: pushes blessed models atomically into the TF Serving layout, after a pre-push check."""

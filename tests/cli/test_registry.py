@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from cli.main import main
 from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.e2e

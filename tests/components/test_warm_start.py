@@ -6,8 +6,8 @@ import pytest
 from tfx.types import artifact_utils
 
 from components.warm_start import WarmStartModelStrategy
-from pipeline.lineage import open_store, pipeline_runs, run_executions
 from pipeline.pipeline import RUN_FN
+from registry.lineage import open_store, pipeline_runs, run_executions
 
 pytestmark = pytest.mark.e2e
 

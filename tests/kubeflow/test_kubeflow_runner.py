@@ -195,7 +195,7 @@ def test_conveyor_compile_from_the_config_alone_mounts_the_serving_volume_in_the
     and the serving claim in KFP's Kubernetes platform spec (a second YAML document)."""
     from kfp import components
 
-    from pipeline.cli import main
+    from cli.main import main
 
     output = tmp_path / "pipeline.yaml"
     assert main(["compile", "--config", str(TAXI_CONFIG), "--output", str(output)]) == 0
@@ -219,7 +219,7 @@ def test_conveyor_compile_from_the_config_alone_mounts_the_serving_volume_in_the
 def test_compile_with_a_missing_cluster_fact_exits_2_naming_the_flag(tmp_path, capsys):
     import yaml as pyyaml
 
-    from pipeline.cli import main
+    from cli.main import main
 
     raw = pyyaml.safe_load(TAXI_CONFIG.read_text())
     del raw["kubeflow"]["image"]

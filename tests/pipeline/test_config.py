@@ -172,8 +172,8 @@ def test_data_stages_only_ends_at_transform_and_compiles(raw):
 
 def test_the_bundled_penguins_config_loads_builds_and_its_data_matches_its_schema():
     """The second bundled dataset (multiclass, from the palmerpenguins package) as shipped."""
-    from pipeline.data_check import EXIT_CLEAN, check
     from pipeline.pipeline import create_pipeline
+    from schema.check import EXIT_CLEAN, check
 
     config = load_config(PROJECT_ROOT / "configs" / "penguins.yaml")
     assert config.task == "multiclass" and config.label == "species"

@@ -2,7 +2,8 @@
 
 import pytest
 
-from pipeline.cli import main, run_input
+from cli.main import main
+from cli.run import run_input
 from pipeline.config import load_config
 from pipeline.runner import RunLocked, output_lock
 from tests.conftest import TAXI_CONFIG, sample_taxi_rows, write_csv

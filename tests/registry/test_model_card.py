@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.model_card import confusion, pr_curve, roc_curve
+from registry.model_card import confusion, pr_curve, roc_curve
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -96,7 +96,7 @@ def test_card_renders_in_headless_chromium(card, tmp_path):
 def test_a_card_regenerated_from_another_config_still_describes_the_model_as_trained(two_runs, e2e_config, capsys):
     """`conveyor models card` with the full taxi config: the model was trained on five features
     (recorded in ML Metadata), and the card must say so, not list the config file's features."""
-    from pipeline.cli import main
+    from cli.main import main
     from tests.conftest import SMALL_FEATURES
 
     _, versions, _, _ = two_runs
@@ -108,7 +108,7 @@ def test_a_card_regenerated_from_another_config_still_describes_the_model_as_tra
 
 
 def test_slices_with_numeric_values_are_drawn_in_numeric_order():
-    from pipeline.model_card import _slice_metric
+    from registry.model_card import _slice_metric
 
     by_slice = {
         "Overall": {"auc": {"candidate": 0.8}},
@@ -128,7 +128,7 @@ def test_shuffled_examples_are_the_examples_with_one_feature_swapped():
     exactly what editing the tf.Example protos would give, long values and missing ones included."""
     import tensorflow as tf
 
-    from pipeline.model_card import _example, _feature_entries
+    from registry.model_card import _example, _feature_entries
 
     def example(**features):
         out = tf.train.Example()

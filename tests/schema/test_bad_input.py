@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import load_config
-from pipeline.data_check import EXIT_ANOMALIES, EXIT_UNREADABLE, MAX_FIELD_BYTES, check
+from schema.check import EXIT_ANOMALIES, EXIT_UNREADABLE, MAX_FIELD_BYTES, check
 from tests.conftest import TAXI_CONFIG, sample_taxi_rows
 
 CONFIG = load_config(TAXI_CONFIG)
@@ -155,7 +155,7 @@ def _mutate(mutations) -> bytes:
 @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mutations=st.lists(_mutation, min_size=1, max_size=4))
 def test_fuzzed_taxi_drops_through_the_cli_end_in_0_1_or_2_with_a_message(tmp_path, capsys, mutations):
-    from pipeline.cli import main
+    from cli.main import main
 
     path = tmp_path / "drop.csv"
     path.write_bytes(_mutate(mutations))

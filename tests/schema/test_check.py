@@ -2,10 +2,10 @@
 
 import pytest
 
+from cli.main import main
 from components.data_gate.anomalies import drift
-from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.data_check import EXIT_ANOMALIES, EXIT_CLEAN, EXIT_UNREADABLE, check, csv_statistics, read_csv_input
+from schema.check import EXIT_ANOMALIES, EXIT_CLEAN, EXIT_UNREADABLE, check, csv_statistics, read_csv_input
 from tests.conftest import TAXI_CONFIG, sample_taxi_rows, write_csv
 
 CONFIG = load_config(TAXI_CONFIG)

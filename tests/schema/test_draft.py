@@ -3,10 +3,10 @@
 import pytest
 import tensorflow_data_validation as tfdv
 
-from pipeline.cli import main
+from cli.main import main
 from pipeline.config import load_config
-from pipeline.data_check import DataReadError
-from pipeline.draft import Column, DraftError, _classes, draft, feature_kind, infer_task
+from schema.check import DataReadError
+from schema.draft import Column, DraftError, _classes, draft, feature_kind, infer_task
 from tests.conftest import write_csv
 from tests.synthetic import dataset
 

@@ -8,10 +8,10 @@ import pytest
 import yaml
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
-from pipeline.cli import main
+from cli.main import main
 from pipeline.config import load_config
-from pipeline.data_check import EXIT_ANOMALIES, EXIT_CLEAN, check
-from pipeline.schema_review import diff, read_schema
+from schema.check import EXIT_ANOMALIES, EXIT_CLEAN, check
+from schema.review import diff, read_schema
 from tests.conftest import TAXI_CONFIG, sample_taxi_rows, write_csv
 
 
@@ -111,7 +111,7 @@ def test_approving_a_feature_without_changes_is_refused(project, capsys):
 
 def test_diff_names_removed_type_presence_valency_values_gone_and_range_changes(tmp_path):
     """One data drop with every other kind of change, through real TFDV statistics and inference."""
-    from pipeline.schema_review import write_schema
+    from schema.review import write_schema
 
     header_text, curated = read_schema(load_config(TAXI_CONFIG).schema_path)
     hour = next(f for f in curated.feature if f.name == "trip_start_hour")

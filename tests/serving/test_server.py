@@ -26,7 +26,8 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 
 from components.examples import to_example
 from components.pusher.publish import list_versions, publish
-from pipeline.serving import SERVING_ENVIRONMENT, ModelServer
+from serving.models import SERVING_ENVIRONMENT
+from serving.server import ModelServer
 
 pytestmark = pytest.mark.e2e
 
@@ -391,7 +392,7 @@ def test_serve_command_prints_its_url_and_serves_until_interrupted(served, tmp_p
     log_path = tmp_path / "serve.log"
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
     # faulthandler: if the server ever fails to stop, SIGABRT below dumps every thread's stack to the log.
-    command = [sys.executable, "-X", "faulthandler", "-m", "pipeline.serving", "--output-dir", str(served.root.parent)]
+    command = [sys.executable, "-X", "faulthandler", "-m", "cli", "serve", "--output-dir", str(served.root.parent)]
     command += ["--port", "0"]
     with open(log_path, "w") as log:
         # As from a terminal: a shell without job control starts background commands with SIGINT

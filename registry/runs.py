@@ -1,0 +1,93 @@
+"""Pipeline runs: every run with its executions and summary, its status, and who ran it from which code.
+
+A *run* is a `pipeline_run` context in ML Metadata. Nothing here keeps its own copy of it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+from ml_metadata.proto import metadata_store_pb2
+
+from registry.lineage import NodeExecution, custom_property, open_store, pipeline_runs, run_executions
+from registry.summary import RunSummary, summarize
+
+PROVENANCE_KEYS = ("user", "git_commit", "git_dirty", "config")
+ERROR_KEY = "conveyor_error"
+
+
+def provenance(context: metadata_store_pb2.Context) -> dict:
+    return {k: custom_property(context, k) for k in PROVENANCE_KEYS if custom_property(context, k) is not None}
+
+
+# The code a run executes is this project's, wherever `conveyor` was started from.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _git(*args: str) -> str:
+    try:
+        result = subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=False, timeout=10, cwd=PROJECT_ROOT
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def record_provenance(
+    metadata_path: str, pipeline_name: str, config_source: str, error: Optional[tuple[str, str]] = None
+) -> None:
+    """Writes who ran the latest run, from which code, onto its run context; and a failed
+    component's error onto its execution (TFX records only the FAILED state)."""
+    try:
+        store = open_store(metadata_path, readonly=False)
+    except FileNotFoundError:
+        return
+    runs = pipeline_runs(store, pipeline_name)
+    if not runs:
+        return
+    run = runs[-1]
+    commit = _git("rev-parse", "HEAD")
+    values = {
+        "user": getpass.getuser(),
+        "git_commit": commit or "unknown (not a git checkout)",
+        "git_dirty": ("yes" if _git("status", "--porcelain") else "no") if commit else "unknown",
+        "config": config_source or "",
+    }
+    for key, value in values.items():
+        run.custom_properties[key].string_value = value
+    store.put_contexts([run])
+    if error is not None:
+        node_id, message = error
+        node = run_executions(store, run, pipeline_name).get(node_id)
+        if node is not None:
+            node.execution.custom_properties[ERROR_KEY].string_value = message[:4000]
+            store.put_executions([node.execution])
+
+
+def runs(
+    metadata_path: str, pipeline_name: str
+) -> list[tuple[metadata_store_pb2.Context, dict[str, NodeExecution], RunSummary]]:
+    """Every run, newest first, with its executions and summary."""
+    store = open_store(metadata_path)
+    out = []
+    for run in reversed(pipeline_runs(store, pipeline_name)):
+        executions = run_executions(store, run, pipeline_name)
+        out.append((run, executions, summarize(run.name, executions, store, pipeline_name)))
+    return out
+
+
+def run_status(executions: dict[str, NodeExecution]) -> tuple[str, Optional[NodeExecution]]:
+    """("succeeded" | "failed" | "incomplete", the failed execution)."""
+    # A resolver that finds nothing (no statistics or blessed model yet) is recorded as failed by
+    # TFX; that is the normal first run, not a failure of the run.
+    failed = next((e for k, e in executions.items() if e.state == "failed" and not k.endswith("_resolver")), None)
+    if failed is not None:
+        return "failed", failed
+    pusher = next((e for k, e in executions.items() if k.endswith("Pusher")), None)
+    if pusher is None or pusher.state not in ("complete", "cached"):
+        return "incomplete", None
+    return "succeeded", None

@@ -1,0 +1,231 @@
+"""The versions under a serving root, loaded as TF Serving loads them: new ones appear, removed ones go.
+
+Each version keeps its signatures, TF Serving's description of them (read from saved_model.pb) and the
+curated schema that travels in `assets.extra/schema.pbtxt`, which types plain JSON feature values.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from tensorflow_metadata.proto.v0 import schema_pb2
+
+from components.pusher.publish import SCHEMA_FILE, list_versions
+from serving.errors import ServingError, not_found
+
+log = logging.getLogger(__name__)
+
+SERVING_ENVIRONMENT = "SERVING"
+SERVE_TAG = "serve"
+_AVAILABLE = {"state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """One model version in memory: its signatures, TF Serving's description of them, and its schema."""
+
+    name: str
+    version: int
+    path: Path
+    # The restored object: it owns the variables the signatures read, so it lives as long as they do.
+    model: Any
+    signatures: Mapping[str, Any]
+    # TF Serving's SignatureDefMap as JSON, read from saved_model.pb as TF Serving reads it.
+    signature_defs: dict
+    # The curated schema shipped in assets.extra/, or None: then only serialized tf.Examples are accepted.
+    schema: Optional[Any]
+    # From the schema, computed once: every feature's type, and the features not sent at serving time.
+    feature_types: Mapping[str, int] = field(default_factory=dict)
+    excluded: frozenset[str] = frozenset()
+
+
+def not_served(schema: Any) -> set[str]:
+    """The schema's features absent from the SERVING environment (the label), by TFMD's rule: a feature's
+    in_environment wins, then its not_in_environment, then the schema's default_environment."""
+
+    def served(feature: Any) -> bool:
+        if feature.in_environment:
+            return SERVING_ENVIRONMENT in feature.in_environment
+        if SERVING_ENVIRONMENT in feature.not_in_environment:
+            return False
+        return not schema.default_environment or SERVING_ENVIRONMENT in schema.default_environment
+
+    return {feature.name for feature in schema.feature if not served(feature)}
+
+
+def _signature_def_map(path: Path) -> dict:
+    """The SignatureDefs of the `serve` MetaGraph as TF Serving's metadata API prints them."""
+    from google.protobuf import json_format
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    saved = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+    graph = next((g for g in saved.meta_graphs if SERVE_TAG in g.meta_info_def.tags), None)
+    if graph is None:
+        raise ValueError(f"{path}/saved_model.pb has no MetaGraph tagged '{SERVE_TAG}'")
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    for key, signature in graph.signature_def.items():
+        signature_map.signature_def[key].CopyFrom(signature)
+    # TF Serving prints with always_print_primitive_fields and the proto field names.
+    return json_format.MessageToDict(
+        signature_map, preserving_proto_field_name=True, including_default_value_fields=True
+    )
+
+
+def load_version(name: str, version: int, path: str | Path) -> LoadedVersion:
+    """Loads one version directory (`<model dir>/<version>/`) for serving.
+
+    Raises:
+      OSError, ValueError, tf.errors.OpError: the directory is not a loadable SavedModel.
+    """
+    import tensorflow as tf
+    from google.protobuf import text_format
+
+    path = Path(path)
+    model = tf.saved_model.load(str(path), tags=[SERVE_TAG])
+    schema = None
+    schema_file = path / "assets.extra" / SCHEMA_FILE
+    if schema_file.is_file():
+        schema = text_format.Parse(schema_file.read_text(encoding="utf-8"), schema_pb2.Schema())
+    return LoadedVersion(
+        name=name,
+        version=version,
+        path=path,
+        model=model,
+        signatures=dict(model.signatures),
+        signature_defs=_signature_def_map(path),
+        schema=schema,
+        feature_types={feature.name: feature.type for feature in schema.feature} if schema else {},
+        excluded=frozenset(not_served(schema)) if schema else frozenset(),
+    )
+
+
+def _dir_stamp(path: Path) -> tuple:
+    """Changes when a version directory's contents do, so a failed load is retried only after a change."""
+    stamp = []
+    for part in (path, path / "variables", path / "saved_model.pb"):
+        try:
+            stamp.append(part.stat().st_mtime_ns)
+        except OSError:
+            stamp.append(None)
+    return tuple(stamp)
+
+
+class ModelRepository:
+    """The models under a serving root, each version loaded when its directory appears and unloaded when it
+    goes, as TF Serving's file system source does. Thread-safe."""
+
+    def __init__(self, serving_root: str | Path):
+        self.root = Path(serving_root)
+        self._lock = threading.Lock()  # guards _loaded and _failed; never held while loading
+        self._refresh_lock = threading.Lock()  # one scan at a time, so a version is never loaded twice
+        self._loaded: dict[str, dict[int, LoadedVersion]] = {}
+        self._failed: dict[tuple[str, int], tuple[tuple, str]] = {}  # (dir stamp, error) of versions that failed
+
+    def _scan(self) -> dict[str, list[int]]:
+        if not self.root.is_dir():
+            return {}
+        return {p.name: list_versions(p) for p in sorted(self.root.iterdir()) if p.is_dir() and p.name[0] != "."}
+
+    def refresh(self) -> None:
+        """Loads the versions that appeared since the last call and unloads those whose directory is gone.
+
+        A version that fails to load is reported by `status` and retried when its directory changes.
+
+        Raises:
+          OSError: the serving root cannot be listed.
+        """
+        with self._refresh_lock:
+            present = self._scan()
+            with self._lock:
+                for name, versions in list(self._loaded.items()):
+                    for version in [v for v in versions if v not in present.get(name, ())]:
+                        del versions[version]
+                        log.info("unloaded %s version %d: its directory is gone", name, version)
+                    if not versions:
+                        del self._loaded[name]
+                self._failed = {key: value for key, value in self._failed.items() if key[1] in present.get(key[0], ())}
+            for name, versions in present.items():
+                # Newest first: it becomes the default version, so it should be ready soonest.
+                for version in sorted(versions, reverse=True):
+                    self._load(name, version)
+
+    def _load(self, name: str, version: int) -> None:
+        path = self.root / name / str(version)
+        stamp = _dir_stamp(path)
+        with self._lock:
+            if version in self._loaded.get(name, {}) or self._failed.get((name, version), (None,))[0] == stamp:
+                return
+        try:
+            loaded = load_version(name, version, path)
+        except Exception as err:  # a model can fail to load in many ways; report it and serve the others
+            log.exception("cannot load %s version %d from %s", name, version, path)
+            with self._lock:
+                self._failed[(name, version)] = (stamp, f"{type(err).__name__}: {err}")
+            return
+        with self._lock:
+            self._loaded.setdefault(name, {})[version] = loaded
+            self._failed.pop((name, version), None)
+        log.info("loaded %s version %d", name, version)
+
+    def served(self) -> dict[str, list[int]]:
+        """Each model's available versions, ascending."""
+        with self._lock:
+            return {name: sorted(versions) for name, versions in sorted(self._loaded.items())}
+
+    def _find(self, name: str, version: Optional[int]) -> LoadedVersion:
+        with self._lock:
+            versions = self._loaded.get(name, {})
+            if version is None and versions:
+                return versions[max(versions)]
+            if version in versions:
+                return versions[version]
+        if version is None:
+            raise not_found(f"Servable not found for request: Latest({name})")
+        raise not_found(f"Servable not found for request: Specific({name}, {version})")
+
+    def get(self, name: str, version: Optional[int] = None) -> LoadedVersion:
+        """The requested version, or the highest available one when `version` is None.
+
+        On a miss the directory is scanned once more, so a version pushed a moment ago is served rather
+        than refused until the next poll.
+
+        Raises:
+          ServingError: 404 with TF Serving's message when there is no such model or version.
+        """
+        try:
+            return self._find(name, version)
+        except ServingError:
+            self.refresh()
+        return self._find(name, version)
+
+    def _states(self, name: str) -> dict[int, dict]:
+        with self._lock:
+            states = {version: _AVAILABLE for version in self._loaded.get(name, {})}
+            for (model, version), (_, error) in self._failed.items():
+                if model == name:
+                    states[version] = {"state": "END", "status": {"error_code": "UNKNOWN", "error_message": error}}
+        return states
+
+    def status(self, name: str, version: Optional[int] = None) -> dict:
+        """TF Serving's GetModelStatusResponse as JSON: one entry per version, newest first.
+
+        Raises:
+          ServingError: 404 when the model or the version is unknown.
+        """
+        states = self._states(name)
+        if not states or (version is not None and version not in states):
+            self.refresh()
+            states = self._states(name)
+        if version is not None:
+            if version not in states:
+                raise not_found(f"Could not find version {version} of model {name}")
+            states = {version: states[version]}
+        elif not states:
+            raise not_found(f"Could not find any versions of model {name}")
+        return {"model_version_status": [{"version": str(v), **states[v]} for v in sorted(states, reverse=True)]}
