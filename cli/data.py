@@ -62,6 +62,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     except (DataReadError, DraftError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if result.name_note:
+        print(f"note: {result.name_note}")
     print(f"drafted {result.config_path}")
     print(f"drafted {result.schema_path}")
     print(f"  task: {result.task} ({result.task_reason})")

@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from cli.options import EXIT_OK, EXIT_USAGE, add_registry
+from cli.options import EXIT_OK, EXIT_USAGE, add_registry, library_logs_to
+
+REGISTRY_LOG = "registry.log"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,28 +19,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = models.add_parser("list", help="one row per pushed version, newest first")
     add_registry(p)
     p.add_argument("--model", default=None, help="model name (default: the config's serving.model_name)")
-    p.set_defaults(func=cmd_models_list)
+    p.set_defaults(func=_quiet(cmd_models_list))
     p = models.add_parser("show", help="everything about one pushed version")
     add_registry(p)
     p.add_argument("version", type=int)
-    p.set_defaults(func=cmd_models_show)
+    p.set_defaults(func=_quiet(cmd_models_show))
     p = models.add_parser("card", help="(re)write a version's model card into its assets.extra/")
     add_registry(p)
     p.add_argument("version", type=int)
-    p.set_defaults(func=cmd_models_card)
+    p.set_defaults(func=_quiet(cmd_models_card))
     p = models.add_parser("rollback", help="serve an earlier version again, as a new highest version")
     add_registry(p)
     p.add_argument("--to", type=int, default=None, help="version to restore (default: the one before the served)")
-    p.set_defaults(func=cmd_models_rollback)
+    p.set_defaults(func=_quiet(cmd_models_rollback))
 
     runs = sub.add_parser("runs", help="pipeline runs: list, show").add_subparsers(dest="runs_command", required=True)
     p = runs.add_parser("list", help="every run, pushed or not, newest first")
     add_registry(p)
-    p.set_defaults(func=cmd_runs_list)
+    p.set_defaults(func=_quiet(cmd_runs_list))
     p = runs.add_parser("show", help="one run: status, failed component and error, thresholds")
     add_registry(p)
     p.add_argument("run", help="run id, as `conveyor runs list` prints it")
-    p.set_defaults(func=cmd_runs_show)
+    p.set_defaults(func=_quiet(cmd_runs_show))
+
+
+def _quiet(command):
+    """The command with library warnings in `<output-dir>/logs/registry.log` instead of above its table."""
+
+    def run(args: argparse.Namespace) -> int:
+        with library_logs_to(Path(args.output_dir) / "logs" / REGISTRY_LOG):
+            return command(args)
+
+    return run
 
 
 def _config(args: argparse.Namespace):

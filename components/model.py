@@ -309,6 +309,38 @@ def _copy_tree(src: str, dst: str) -> None:
             tf.io.gfile.copy(os.path.join(directory, name), os.path.join(target, name), overwrite=True)
 
 
+class NonFinitePredictions(ValueError):
+    """The trained model predicts NaN or infinity: training diverged, or NaN reached its inputs."""
+
+
+# Batches of evaluation examples the trained model must score finitely before it is exported.
+FINITE_CHECK_BATCHES = 4
+
+
+def check_finite_predictions(
+    net: keras.Model, dataset: tf.data.Dataset, learning_rate: float, batches: int = FINITE_CHECK_BATCHES
+) -> None:
+    """Scores a few batches of `dataset` and stops the Trainer when any prediction is not finite, before
+    the Evaluator's TFMA internals fail on such scores without saying why.
+
+    Raises:
+      NonFinitePredictions: with how many predictions were not finite and the likely causes.
+    """
+    bad = total = 0
+    for features, _ in dataset.take(batches):
+        predictions = net(features, training=False)
+        values = tf.concat([tf.reshape(tf.cast(p, tf.float32), [-1]) for p in tf.nest.flatten(predictions)], 0)
+        bad += int(tf.reduce_sum(tf.cast(~tf.math.is_finite(values), tf.int32)))
+        total += int(tf.size(values))
+    if bad:
+        raise NonFinitePredictions(
+            f"training produced non-finite predictions: {bad:,} of {total:,} scores on evaluation examples are NaN "
+            "or infinite, so the model is not exported, evaluated or pushed. Likely causes: a learning rate too "
+            f"high (config key model.learning_rate, now {learning_rate:g}), or unscaled or non-finite inputs "
+            "(NaN or infinity the schema allows, or extreme values; see `conveyor schema diff`)"
+        )
+
+
 def run_fn(fn_args: FnArgs) -> None:
     """Trains the model (warm-started from the latest blessed one when there is one) and exports it.
 
@@ -385,6 +417,7 @@ def run_fn(fn_args: FnArgs) -> None:
         validation_freq=[epochs],
         verbose=0,
     )
+    check_finite_predictions(net, evaluate, model_config.learning_rate)
 
     signatures = {
         "serving_default": _serving_signature(net, tf_transform_output, [f.name for f in features], task, classes),

@@ -14,6 +14,7 @@ import base64
 import html
 import io
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -290,9 +291,12 @@ def charts(
     importance: dict[str, float],
     task: str = "binary",
     classes: tuple[str, ...] = ("0", "1"),
+    counts: Optional[dict[str, dict[str, int]]] = None,
+    undefined: Optional[dict[str, dict[str, str]]] = None,
 ) -> dict[str, bytes]:
     """PNG images by title: the task's evaluation charts, per-slice headline metric bars with the
-    threshold drawn in, and permutation importance."""
+    threshold drawn in (each slice with its example count; a slice whose metric is undefined labelled
+    with the reason instead of an empty bar), and permutation importance."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -307,10 +311,16 @@ def charts(
         out = _binary_charts(labels, scores, classes)
 
     headline = HEADLINES[task]
+    counts, undefined = counts or {}, undefined or {}
     for feature, values in slices.items():
         names = list(values)[:20]
+        why = {n: undefined.get(feature, {}).get(n) or ("undefined" if math.isnan(values[n]) else None) for n in names}
+        shown = [f"{n} (n={counts[feature][n]:,})" if n in counts.get(feature, {}) else n for n in names]
         fig, ax = plt.subplots(figsize=(6, 0.3 * len(names) + 1.2))
-        ax.barh(names, [values[n] for n in names], color="#4a7fb5")
+        ax.barh(shown, [0.0 if why[n] else values[n] for n in names], color="#4a7fb5")
+        for row, n in enumerate(names):
+            if why[n]:
+                ax.text(0.01, row, why[n], va="center", fontsize=8, color="#666", transform=ax.get_yaxis_transform())
         bound = thresholds.get(headline.tfma_name)
         if bound is not None:
             ax.axvline(bound, color="crimson", linestyle="--", label=f"threshold {bound}")
@@ -349,6 +359,48 @@ def _slice_metric(metrics_by_slice: dict, metric: str) -> dict[str, dict[str, fl
         if "candidate" in metrics[metric]:
             out.setdefault(feature, {})[value] = metrics[metric]["candidate"]
     return {f: dict(sorted(v.items(), key=lambda kv: _natural(kv[0]))) for f, v in out.items()}
+
+
+def _slice_counts(metrics_by_slice: dict) -> dict[str, dict[str, int]]:
+    """{feature: {value: evaluation examples in that slice}}, from TFMA's example_count."""
+    out: dict[str, dict[str, int]] = {}
+    for where, metrics in metrics_by_slice.items():
+        if where != "Overall" and ":" in where and "candidate" in metrics.get("example_count", {}):
+            feature, value = where.split(":", 1)
+            out.setdefault(feature, {})[value] = int(metrics["example_count"]["candidate"])
+    return out
+
+
+def _slice_value(example, feature: str) -> Optional[str]:
+    """A feature's value in a tf.Example, as TFMA names its slice ("Cash", "12")."""
+    f = example.features.feature.get(feature)
+    if f is None:
+        return None
+    for kind in ("bytes_list", "int64_list", "float_list"):
+        values = getattr(f, kind).value
+        if values:
+            value = values[0]
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return None
+
+
+def one_class_slices(records: list[bytes], labels: np.ndarray, features: list[str]) -> dict[str, dict[str, str]]:
+    """{feature: {value: reason}} for the slices whose evaluation examples (the card's sample) hold one
+    class only: AUC is undefined there (TFMA reports 0 for it)."""
+    import tensorflow as tf
+
+    classes: dict[tuple[str, str], set] = {}
+    for record, label in zip(records, labels, strict=True):
+        example = tf.train.Example.FromString(record)
+        for feature in features:
+            value = _slice_value(example, feature)
+            if value is not None:
+                classes.setdefault((feature, value), set()).add(float(label))
+    out: dict[str, dict[str, str]] = {}
+    for (feature, value), seen in classes.items():
+        if len(seen) == 1:
+            out.setdefault(feature, {})[value] = "undefined: one class only"
+    return out
 
 
 def _natural(value: str) -> tuple:
@@ -412,7 +464,11 @@ def write_card(record, config, version_dir: Optional[str] = None) -> tuple[Path,
         if t["kind"] == "value" and t["bound"][:3] in (">= ", "<= ")
     }
     slices = _slice_metric(by_slice, headline.tfma_name)
-    images = charts(Scored(labels, scores), slices, bounds, importance, task, classes)
+    undefined = {}
+    if task == "binary":  # AUC needs both classes in a slice
+        undefined = one_class_slices(records, labels, sorted({f for cols in config.evaluation.slices for f in cols}))
+    counts = _slice_counts(by_slice)
+    images = charts(Scored(labels, scores), slices, bounds, importance, task, classes, counts, undefined)
     what = "lost" if headline.higher_is_better else "added"
     label = f"<code>{html.escape(label)}</code>"
     if task == "binary":

@@ -23,6 +23,19 @@ def exec_property(node: NodeExecution, name: str) -> Optional[str]:
     return None
 
 
+# What a resolver that found nothing means: TFX records it as FAILED, but it is the normal first run.
+_NOTHING_RESOLVED = {
+    "previous_statistics_resolver": "nothing to compare with: first span",
+    "latest_blessed_model_resolver": "nothing to start from or compare with: no blessed model yet",
+}
+
+
+def _state(node_id: str, state: str) -> str:
+    if state == "failed" and node_id.endswith("_resolver"):
+        return _NOTHING_RESOLVED.get(node_id, "nothing found")
+    return state
+
+
 def _ms(ms: int) -> str:
     import datetime as dt
 
@@ -133,7 +146,7 @@ def describe(record: VersionRecord, config) -> list[str]:
         out.append("  components (UTC start - end, state):")
         for node_id, node in ex.items():
             start, end = _ms(node.execution.create_time_since_epoch), _ms(node.execution.last_update_time_since_epoch)
-            out.append(f"    {node_id:<32} {start} - {end}  {node.state}")
+            out.append(f"    {node_id:<32} {start} - {end}  {_state(node_id, node.state)}")
     trainer = ex.get("Trainer")
     if trainer is not None:
         custom = json.loads(exec_property(trainer, "custom_config") or "{}")

@@ -9,9 +9,10 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import math
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -135,28 +136,33 @@ def check_labels(csv_input: CsvInput, label: str, task: str, classes: Sequence[s
       DataReadError: naming the file, the line and the value, and what to do.
     """
     known = set(classes)
+    for path, line, value in column_cells(csv_input, label):
+        value = value.strip()
+        if not value:
+            raise DataReadError(path, f"has no value in the label column '{label}'", line)
+        if task == "regression":
+            try:
+                float(value)
+            except ValueError:
+                problem = f"label '{label}' is {value!r}, not a number (config task: regression)"
+                raise DataReadError(path, problem, line) from None
+        elif value not in known and not _same_integer(value, known):
+            raise DataReadError(
+                path,
+                f"label '{label}' is {value!r}, not one of the configured classes {sorted(known)}; "
+                "fix the row, or add the class to `classes` in the config and approve the schema change",
+                line,
+            )
+
+
+def column_cells(csv_input: CsvInput, column: str) -> Iterator[tuple[Path, int, str]]:
+    """(file, line, cell) for every row of `column`, in file order (the line is where the row ends)."""
     for path in csv_input.files:
         reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8"), newline=""))
-        column = next(reader).index(label)
+        index = next(reader).index(column)
         for row in reader:
-            if not row:
-                continue
-            value = row[column].strip()
-            if not value:
-                raise DataReadError(path, f"has no value in the label column '{label}'", reader.line_num)
-            if task == "regression":
-                try:
-                    float(value)
-                except ValueError:
-                    problem = f"label '{label}' is {value!r}, not a number (config task: regression)"
-                    raise DataReadError(path, problem, reader.line_num) from None
-            elif value not in known and not _same_integer(value, known):
-                raise DataReadError(
-                    path,
-                    f"label '{label}' is {value!r}, not one of the configured classes {sorted(known)}; "
-                    "fix the row, or add the class to `classes` in the config and approve the schema change",
-                    reader.line_num,
-                )
+            if row:
+                yield path, reader.line_num, row[index]
 
 
 def _same_integer(value: str, known: set[str]) -> bool:
@@ -211,7 +217,7 @@ def check(path: str | Path, schema_path: str, label: str, beam_args: Sequence[st
     """
     import tensorflow_data_validation as tfdv
 
-    from components.data_gate.anomalies import from_proto, message
+    from components.data_gate.anomalies import count_non_finite, from_proto, message
 
     try:
         csv_input = read_csv_input(path)
@@ -221,8 +227,39 @@ def check(path: str | Path, schema_path: str, label: str, beam_args: Sequence[st
     stats = csv_statistics(csv_input, beam_args)
     schema = tfdv.load_schema_text(schema_path)
     anomalies = from_proto(Path(path).name, tfdv.validate_statistics(stats, schema, environment=environment))
+    anomalies = [_with_lines(a, csv_input) for a in count_non_finite(anomalies, lambda _: stats)]
     files = ", ".join(f.name for f in csv_input.files)
     kind = f"{environment} data" if environment == "TRAINING" else f"no '{label}' column, so SERVING data"
     if anomalies:
         return EXIT_ANOMALIES, message(anomalies, f"{path} ({csv_input.rows:,} rows; {kind})")
     return EXIT_CLEAN, f"{path}: {csv_input.rows:,} rows in {files} match the curated schema ({kind})"
+
+
+def non_finite_lines(csv_input: CsvInput, column: str, limit: int = 5) -> list[tuple[Path, int]]:
+    """The first `limit` (file, line) places where `column` holds NaN or infinity, as a float parser reads
+    them ("nan", "inf", "-Infinity", ...)."""
+    found: list[tuple[Path, int]] = []
+    for path, line, cell in column_cells(csv_input, column):
+        try:
+            value = float(cell)
+        except ValueError:
+            continue
+        if not math.isfinite(value):
+            found.append((path, line))
+            if len(found) == limit:
+                break
+    return found
+
+
+def _with_lines(anomaly, csv_input: CsvInput):
+    """A NaN/Inf anomaly with the first lines that hold such values, so the rows can be found."""
+    if not anomaly.non_finite or anomaly.feature not in csv_input.header:
+        return anomaly
+    places = non_finite_lines(csv_input, anomaly.feature)
+    if not places:
+        return anomaly
+    by_file: dict[Path, list[int]] = {}
+    for file, line in places:
+        by_file.setdefault(file, []).append(line)
+    shown = "; ".join(f"{file.name} line(s) {', '.join(map(str, lines))}" for file, lines in by_file.items())
+    return replace(anomaly, description=f"{anomaly.description}; first at {shown}")

@@ -61,6 +61,9 @@ class Column:
 
 @dataclass
 class Draft:
+    name: str
+    # Why the name differs from the one given (or the data directory's), or "" when it does not.
+    name_note: str
     config_path: Path
     schema_path: Path
     task: str
@@ -294,12 +297,14 @@ def _draft_schema(csv_input: CsvInput, label: str, features: list[dict], beam_ar
     import tensorflow_data_validation as tfdv
 
     from schema.check import csv_statistics
+    from schema.review import forbid_non_finite
 
     stats = csv_statistics(csv_input, beam_args)
     schema = tfdv.infer_schema(stats, infer_feature_shape=True)
     kinds = {f["name"]: f["kind"] for f in features}
     schema.default_environment.extend(["TRAINING", "SERVING"])
     for feature in schema.feature:
+        forbid_non_finite(feature, stats)
         if feature.name == label:
             feature.not_in_environment.append("SERVING")
             continue
@@ -345,7 +350,15 @@ def draft(
         raise DataReadError(
             csv_input.files[0], f"has no column '{label}' (--label); columns: {', '.join(csv_input.header)}", 1
         )
-    name = _sanitize(name or data.name)
+    source = "--name" if name else "the data directory's name"
+    given = name or data.name
+    name = _sanitize(given)
+    name_note = ""
+    if name != given:
+        name_note = (
+            f"{source} {given!r} is used as {name!r}: pipeline and model names are lower-case letters, digits "
+            "and '-' (Kubeflow Pipelines requires it; config key 'name')"
+        )
     out = Path(out_dir).resolve()
     config_path, schema_path = out / "configs" / f"{name}.yaml", out / "schema" / name / "schema.pbtxt"
     for path in (config_path, schema_path):
@@ -391,4 +404,4 @@ def draft(
         csv_input.rows,
     )
     config_path.write_text(text, encoding="utf-8")
-    return Draft(config_path, schema_path, task, why, [f for f, _ in features], skipped)
+    return Draft(name, name_note, config_path, schema_path, task, why, [f for f, _ in features], skipped)

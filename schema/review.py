@@ -154,6 +154,9 @@ def compare(
                 shown = ", ".join(repr(v) for v in gone[:10])
                 more = f" and {len(gone) - 10} more" if len(gone) > 10 else ""
                 changes.append(Change(name, "values_gone", f"{len(gone)} categorical value(s) gone: {shown}{more}"))
+        non_finite = _non_finite_change(c, statistics)
+        if non_finite is not None:
+            changes.append(non_finite)
         for kind in ("int_domain", "float_domain"):
             if c.HasField(kind) and name in ranges:
                 lo, hi = ranges[name]
@@ -167,6 +170,44 @@ def compare(
                         )
                     )
     return changes
+
+
+def _non_finite(statistics: statistics_pb2.DatasetFeatureStatisticsList, name: str) -> tuple[int, int]:
+    from components.data_gate.anomalies import non_finite_counts
+
+    counts = non_finite_counts(statistics, name)
+    return (counts[0], counts[1]) if counts is not None else (0, 0)
+
+
+def _non_finite_change(curated: schema_pb2.Feature, statistics) -> Optional[Change]:
+    """The data holds NaN or infinity where the curated schema forbids them (float_domain disallow_*)."""
+    if curated.type != schema_pb2.FLOAT:
+        return None
+    nan, inf = _non_finite(statistics, curated.name)
+    forbidden = []
+    if nan and curated.float_domain.disallow_nan:
+        forbidden.append(f"{nan:,} NaN")
+    if inf and curated.float_domain.disallow_inf:
+        forbidden.append(f"{inf:,} infinite")
+    if not forbidden:
+        return None
+    return Change(
+        curated.name,
+        "non_finite",
+        f"data has {' and '.join(forbidden)} value(s), which the schema forbids (float_domain disallow_nan / "
+        "disallow_inf): usually broken upstream data to fix; approving allows them for this feature",
+    )
+
+
+def forbid_non_finite(feature: schema_pb2.Feature, statistics) -> None:
+    """A float feature whose data has no NaN (no infinity) gets them forbidden, as `conveyor init` drafts it."""
+    if feature.type != schema_pb2.FLOAT:
+        return
+    nan, inf = _non_finite(statistics, feature.name)
+    if not nan:
+        feature.float_domain.disallow_nan = True
+    if not inf:
+        feature.float_domain.disallow_inf = True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,6 +227,10 @@ def _merged_feature(curated: Optional[schema_pb2.Feature], inferred: schema_pb2.
         merged.ClearField(name)
         if curated.HasField(name):
             getattr(merged, name).CopyFrom(getattr(curated, name))
+    if curated.HasField("float_domain") and merged.HasField("float_domain") and curated.type == merged.type:
+        # What people decided about NaN and infinity survives an approval of other changes.
+        merged.float_domain.disallow_nan = curated.float_domain.disallow_nan
+        merged.float_domain.disallow_inf = curated.float_domain.disallow_inf
     for kind in ("int_domain", "float_domain"):
         if curated.HasField(kind) and not merged.HasField(kind) and curated.type == merged.type:
             d = copy.deepcopy(getattr(curated, kind))
@@ -233,9 +278,18 @@ def apply(
         if f.name not in wanted:
             result.feature.append(f)
         elif f.name in inferred:
-            result.feature.append(_merged_feature(f, inferred[f.name], ranges.get(f.name)))
+            merged = _merged_feature(f, inferred[f.name], ranges.get(f.name))
+            if any(c.feature == f.name and c.kind == "non_finite" for c in accepted):
+                nan, inf = _non_finite(diff.statistics, f.name)
+                if nan:
+                    merged.float_domain.disallow_nan = False
+                if inf:
+                    merged.float_domain.disallow_inf = False
+            result.feature.append(merged)
     for name in sorted(wanted - {f.name for f in curated.feature}):
-        result.feature.append(_merged_feature(None, inferred[name], None))
+        added = _merged_feature(None, inferred[name], None)
+        forbid_non_finite(added, diff.statistics)
+        result.feature.append(added)
     _sync_string_domains(result, curated, diff.inferred, wanted)
     return result, accepted
 

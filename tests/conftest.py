@@ -99,3 +99,21 @@ def two_runs(e2e_config, tmp_path_factory):
     versions_after_first = list_versions(e2e_config.serving_model_dir)
     second = run_local(e2e_config, io.StringIO(), log_dir)
     return first, versions_after_first, second, list_versions(e2e_config.serving_model_dir)
+
+
+def project_with_schema_copy(tmp_path: Path, data_root: Path) -> tuple[Path, Path]:
+    """A taxi config whose curated schema is a copy in tmp_path (so a test may approve changes to it)
+    and whose data root is `data_root`. Returns (config path, schema path)."""
+    import shutil
+
+    import yaml
+
+    schema = tmp_path / "schema" / "schema.pbtxt"
+    schema.parent.mkdir()
+    shutil.copy(load_config(TAXI_CONFIG).schema_path, schema)
+    raw = yaml.safe_load(TAXI_CONFIG.read_text())
+    raw["data"]["root"] = str(data_root)
+    raw["schema"] = str(schema)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    return config, schema

@@ -2,6 +2,7 @@
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,20 @@ def _with_columns(tmp_path_factory, name, change):
     return root
 
 
+def _non_finite(header, rows):
+    """A drop as a broken upstream job writes it: some trip_miles infinite, some tips NaN."""
+    miles, tips = header.index("trip_miles"), header.index("tips")
+    out = []
+    for n, row in enumerate(rows):
+        row = list(row)
+        if n % 9 == 0:
+            row[miles] = "inf"
+        if n % 11 == 0:
+            row[tips] = "NaN"
+        out.append(row)
+    return header, out
+
+
 def _drop_column(column):
     def change(header, rows):
         i = header.index(column)
@@ -175,6 +190,7 @@ def gate_runs(two_runs, e2e_config, tmp_path_factory):
         ("unseen_category", "payment_type", lambda n, v: "Crypto" if n % 5 == 0 else v),
         ("new_column", None, lambda header, rows: (header + ["surge"], [r + ["1.5"] for r in rows])),
         ("missing_column", None, _drop_column("trip_miles")),
+        ("non_finite", None, _non_finite),
         ("skewed_serving", "payment_type", lambda n, v: "Cash"),
     ):
         before = _serving_snapshot(e2e_config)
@@ -198,10 +214,11 @@ def gate_runs(two_runs, e2e_config, tmp_path_factory):
     "case, words",
     [
         ("drifted", ["payment_type", "High Linfty distance between current and previous", "vs previous run"]),
-        ("bad_type", ["fare", "Unexpected data type"]),
+        ("bad_type", ["fare", "Expected data of type: FLOAT but got", "twelve dollars"]),
         ("unseen_category", ["payment_type", "Unexpected string values", "Crypto"]),
         ("new_column", ["surge", "New column"]),
         ("missing_column", ["trip_miles", "Column dropped"]),
+        ("non_finite", ["trip_miles", "Float feature has Inf values", "tips", "Float feature has NaN values"]),
         ("skewed_serving", ["payment_type", "Linfty distance between training and serving", "vs serving"]),
     ],
 )
@@ -215,6 +232,20 @@ def test_data_gate_stops_the_run_before_transform_and_keeps_served_models(gate_r
     assert executions["DataGate"].state == "failed"
     assert not {"Transform", "Trainer", "Evaluator", "SafePusher"} & set(executions)
     assert after == before, "the serving directory must be byte-for-byte unchanged"
+
+
+def test_data_gate_counts_nan_and_infinity_per_feature_and_says_what_to_do(gate_runs):
+    text = str(gate_runs["non_finite"][0].error)
+    counted = {}
+    for split, feature, nan, inf in re.findall(
+        r"\[(\w+)\] (\w+): [^\n]*\((\d+) NaN and (\d+) infinite of \d+ values\)", text
+    ):
+        counted.setdefault(feature, []).append((split, int(nan), int(inf)))
+    # 400 rows: every 9th trip_miles is inf (45), every 11th tips NaN (37), over the train and eval splits.
+    assert {split for split, _, _ in counted["trip_miles"]} == {"train", "eval"}
+    assert sum(inf for _, _, inf in counted["trip_miles"]) == 45
+    assert sum(nan for _, nan, _ in counted["tips"]) == 37
+    assert "NaN and infinity are data errors" in text and "conveyor schema approve --feature" in text
 
 
 def test_runs_show_names_the_failed_component_and_its_error(gate_runs, e2e_config, capsys):
@@ -234,3 +265,41 @@ def test_runs_show_names_the_failed_component_and_its_error(gate_runs, e2e_confi
     assert error.startswith("  error: Data gate: ")
     assert "payment_type" in error and "Linfty distance between training and serving" in error
     assert "conveyor schema diff" in error
+
+
+@pytest.fixture(scope="session")
+def diverged_run(e2e_config, tmp_path_factory):
+    """A run on NaN trip_miles that a data engineer allowed in a copy of the schema: the NaN reaches the
+    model, whose predictions are then NaN. Its own output directory, so no other run is disturbed."""
+    from pipeline.config import OutputConfig
+    from schema.review import read_schema, write_schema
+
+    root = tmp_path_factory.mktemp("diverged")
+    header, schema = read_schema(e2e_config.schema_path)
+    next(f for f in schema.feature if f.name == "trip_miles").float_domain.disallow_nan = False
+    write_schema(root / "schema.pbtxt", header, schema)
+    data = _variant(tmp_path_factory, "nan_miles", "trip_miles", lambda n, v: "nan" if n % 3 == 0 else v)
+    out = root / "out"
+    config = e2e_config.replace(
+        data_root=str(data), schema_path=str(root / "schema.pbtxt"), output=OutputConfig.under(out)
+    )
+    with pytest.raises(ComponentFailed) as err:
+        run_local(config, io.StringIO(), root / "logs")
+    return config, out, err.value
+
+
+def test_non_finite_predictions_stop_the_trainer_before_the_evaluator(diverged_run, capsys):
+    from cli.main import main
+
+    config, out, error = diverged_run
+    assert error.node_id == "Trainer"
+    assert str(error.error).startswith("training produced non-finite predictions: ")
+    assert "learning rate" in str(error.error) and "unscaled or non-finite inputs" in str(error.error)
+    store = open_store(config.output.metadata_path)
+    run = pipeline_runs(store, config.name)[-1]
+    assert "Evaluator" not in run_executions(store, run, config.name)
+    assert not Path(config.serving_model_dir).exists() or not any(Path(config.serving_model_dir).iterdir())
+    assert main(["runs", "show", run.name, "--config", config.source, "--output-dir", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "failed component: Trainer" in shown
+    assert "error: training produced non-finite predictions" in shown

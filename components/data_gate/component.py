@@ -13,7 +13,7 @@ from tfx.dsl.component.experimental.annotations import InputArtifact
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types.standard_artifacts import ExampleAnomalies, ExampleStatistics, Schema
 
-from components.data_gate.anomalies import DataGateError, drift, message, read_artifact, skew
+from components.data_gate.anomalies import DataGateError, count_non_finite, drift, message, read_artifact, skew
 
 TRAINING_SPLIT = "train"
 SERVING_SPLIT = "serving"
@@ -35,7 +35,7 @@ def DataGate(
     """Raises DataGateError listing every anomaly: ExampleValidator's, drift of the training split
     against the previous run's statistics under the schema's drift comparators, and, when serving
     data is given, training/serving skew under its skew comparators."""
-    found = read_artifact(anomalies.uri, anomalies.split_names)
+    found = count_non_finite(read_artifact(anomalies.uri, anomalies.split_names), lambda s: _split_stats(statistics, s))
     curated = tfdv.load_schema_text(os.path.join(schema.uri, "schema.pbtxt"))
     if serving_statistics is not None:
         current = _split_stats(statistics, TRAINING_SPLIT)

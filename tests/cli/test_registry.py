@@ -55,3 +55,21 @@ def test_runs_list_shows_both_runs(cli_args, two_runs, capsys):
 def test_unknown_version_is_an_error(cli_args, capsys):
     assert main(["models", "show", "12345", *cli_args]) == 2
     assert "was never pushed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["models", "list"], ["runs", "list"]])
+def test_registry_commands_print_no_library_warnings(cli_args, command):
+    """In a fresh process, as a user runs them: TensorFlow's deprecation block goes to the log file."""
+    import os
+    import sys
+
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", *command, *cli_args], capture_output=True, text=True, env=env, cwd=PROJECT_ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "WARNING" not in done.stdout and "deprecated" not in done.stdout
+    log = Path(cli_args[-1]) / "logs" / "registry.log"
+    assert "tf_record_iterator" in log.read_text()

@@ -98,3 +98,35 @@ def test_embedding_rows_follow_their_token_when_the_vocabulary_changes():
 
 def test_keras_is_the_legacy_tf_keras():
     assert keras.__name__ == "tf_keras"
+
+
+def _dataset(features, rows=12):
+    import tensorflow as tf
+
+    batch = _batch(features, rows)
+    return tf.data.Dataset.from_tensor_slices((batch, np.zeros((rows, 1), "float32"))).batch(4)
+
+
+def test_finite_predictions_pass_the_trainers_check():
+    from components.model import check_finite_predictions
+
+    config = load_config(TAXI_CONFIG)
+    net = build_model(config.features, config.model)
+    check_finite_predictions(net, _dataset(config.features), config.model.learning_rate)
+
+
+def test_a_diverged_model_is_stopped_naming_the_cause():
+    import pytest
+
+    from components.model import NonFinitePredictions, check_finite_predictions
+
+    config = load_config(TAXI_CONFIG)
+    net = build_model(config.features, config.model)
+    dense = net.get_layer("dense_0")
+    kernel, bias = dense.get_weights()
+    dense.set_weights([np.full_like(kernel, np.nan), bias])  # what an exploded gradient leaves behind
+    with pytest.raises(NonFinitePredictions) as err:
+        check_finite_predictions(net, _dataset(config.features), 0.5)
+    text = str(err.value)
+    assert text.startswith("training produced non-finite predictions: 12 of 12 scores")
+    assert "model.learning_rate, now 0.5" in text and "unscaled or non-finite inputs" in text

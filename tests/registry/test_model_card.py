@@ -156,3 +156,40 @@ def test_shuffled_examples_are_the_examples_with_one_feature_swapped():
             del expected.features.feature[name]
         pieces = [v for k, v in entries.items() if k != name] + [donor_entries.get(name, b"")]
         assert tf.train.Example.FromString(_example(pieces)) == expected
+
+
+@pytest.mark.e2e
+def test_a_resolver_that_found_nothing_is_not_called_failed(card):
+    page = card.read_text()
+    line = next(line for line in page.splitlines() if "previous_statistics_resolver" in line)
+    assert "nothing to compare with: first span" in line and "failed" not in line
+
+
+def test_slices_with_one_class_are_named_undefined_and_every_slice_has_its_count():
+    import tensorflow as tf
+
+    from registry.model_card import Scored, _slice_counts, charts, one_class_slices
+
+    def example(payment, hour):
+        features = {
+            "payment_type": tf.train.Feature(bytes_list=tf.train.BytesList(value=[payment.encode()])),
+            "trip_start_hour": tf.train.Feature(int64_list=tf.train.Int64List(value=[hour])),
+        }
+        return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+    records = [example("Cash", 1), example("Cash", 2), example("Credit Card", 1), example("Credit Card", 2)]
+    labels = np.array([0.0, 0.0, 1.0, 0.0])
+    undefined = one_class_slices(records, labels, ["payment_type", "trip_start_hour"])
+    one_class = "undefined: one class only"
+    assert undefined == {"payment_type": {"Cash": one_class}, "trip_start_hour": {"2": one_class}}
+    by_slice = {
+        "Overall": {"example_count": {"candidate": 4.0}, "auc": {"candidate": 0.7}},
+        "payment_type:Cash": {"example_count": {"candidate": 2.0}, "auc": {"candidate": 0.0}},
+        "payment_type:Credit Card": {"example_count": {"candidate": 2.0}, "auc": {"candidate": float("nan")}},
+    }
+    assert _slice_counts(by_slice) == {"payment_type": {"Cash": 2, "Credit Card": 2}}
+    slices = {"payment_type": {"Cash": 0.0, "Credit Card": float("nan")}}
+    scored = Scored(labels, np.array([0.1, 0.2, 0.9, 0.3]))
+    images = charts(scored, slices, {"auc": 0.5}, {}, "binary", ("0", "1"), _slice_counts(by_slice), undefined)
+    picture = Image.open(io.BytesIO(images["AUC by payment_type"]))
+    assert picture.format == "PNG"

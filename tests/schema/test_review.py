@@ -2,36 +2,27 @@
 
 import base64
 import json
-import shutil
 
 import pytest
-import yaml
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
 from cli.main import main
 from pipeline.config import load_config
 from schema.check import EXIT_ANOMALIES, EXIT_CLEAN, check
 from schema.review import diff, read_schema
-from tests.conftest import TAXI_CONFIG, sample_taxi_rows, write_csv
+from tests.conftest import TAXI_CONFIG, project_with_schema_copy, sample_taxi_rows, write_csv
 
 
 @pytest.fixture
 def project(tmp_path):
     """A config whose curated schema is a copy in tmp_path, and a data drop that breaks it: a new
     column and a new payment type."""
-    schema = tmp_path / "schema" / "schema.pbtxt"
-    schema.parent.mkdir()
-    shutil.copy(load_config(TAXI_CONFIG).schema_path, schema)
     header, rows = sample_taxi_rows(300, seed=5)
     i = header.index("payment_type")
     rows = [r[:i] + ["Crypto"] + r[i + 1 :] if n % 5 == 0 else r for n, r in enumerate(rows)]
     data = tmp_path / "data"
     write_csv(data / "drop.csv", header + ["surge_factor"], [r + [str(1 + n % 3)] for n, r in enumerate(rows)])
-    raw = yaml.safe_load(TAXI_CONFIG.read_text())
-    raw["data"]["root"] = str(data)
-    raw["schema"] = str(schema)
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config, schema = project_with_schema_copy(tmp_path, data)
     return config, schema, data
 
 
