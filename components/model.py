@@ -16,12 +16,11 @@ import tf_keras as keras
 from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx_bsl.public import tfxio
 
-from components.features import PREDICTION_KEY, TRANSFORM_SIGNATURE, missing_indicator_name, transformed_label
+from components.features import missing_indicator_name, transformed_label
 from components.pusher.publish import TRAINING_RECORD, training_fingerprint
+from components.signatures import export_signatures, set_method_names
 from pipeline.config import FeatureConfig, ModelConfig, features_from_component_config, task_from_component_config
 
-SERVING_INPUT = "examples"
-SERVING_OUTPUT = PREDICTION_KEY["binary"]
 LABEL_STATS_BATCHES = 200
 
 log = logging.getLogger(__name__)
@@ -238,48 +237,6 @@ def _remap_rows(old: Any, new: Any, old_vocab: list[str], new_vocab: list[str], 
     return out
 
 
-def _serving_signature(
-    net: keras.Model,
-    tf_transform_output: tft.TFTransformOutput,
-    names: list[str],
-    task: str,
-    classes: tuple[str, ...],
-):
-    """serving_default: serialized raw tf.Examples in, the task's outputs out (see PREDICTION_KEY)."""
-    net.tft_layer = tf_transform_output.transform_features_layer()
-    raw_spec = tf_transform_output.raw_feature_spec()
-    spec = {name: raw_spec[name] for name in names}
-    class_names = tf.constant(list(classes), dtype=tf.string)
-
-    @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name=SERVING_INPUT)], autograph=False)
-    def serve(examples: tf.Tensor) -> dict[str, tf.Tensor]:
-        parsed = tf.io.parse_example(examples, spec)
-        predicted = net(net.tft_layer(parsed))
-        if task == "regression":
-            return {PREDICTION_KEY["regression"]: predicted}
-        scores = tf.concat([1.0 - predicted, predicted], axis=1) if task == "binary" else predicted
-        out = {"scores": scores, "classes": tf.tile(class_names[tf.newaxis, :], [tf.shape(scores)[0], 1])}
-        if task == "binary":
-            out[SERVING_OUTPUT] = predicted
-        return out
-
-    return serve
-
-
-def _transform_signature(net: keras.Model, tf_transform_output: tft.TFTransformOutput):
-    """transform_features: serialized raw examples (label included) to the transformed features.
-
-    TFMA runs it (ModelSpec.preprocessing_function_names) to read the transformed label, the class
-    index for classification, whatever the raw label's type."""
-    raw_spec = tf_transform_output.raw_feature_spec()
-
-    @tf.function(input_signature=[tf.TensorSpec(shape=[None], dtype=tf.string, name=SERVING_INPUT)], autograph=False)
-    def transform_features(examples: tf.Tensor) -> dict[str, tf.Tensor]:
-        return net.tft_layer(tf.io.parse_example(examples, raw_spec))
-
-    return transform_features
-
-
 def _vocabularies(tf_transform_output: tft.TFTransformOutput, features: tuple[FeatureConfig, ...]) -> dict:
     return {
         f.name: _read_vocabulary(tf_transform_output.vocabulary_file_by_name(f.name))
@@ -419,11 +376,9 @@ def run_fn(fn_args: FnArgs) -> None:
     )
     check_finite_predictions(net, evaluate, model_config.learning_rate)
 
-    signatures = {
-        "serving_default": _serving_signature(net, tf_transform_output, [f.name for f in features], task, classes),
-        TRANSFORM_SIGNATURE: _transform_signature(net, tf_transform_output),
-    }
+    signatures = export_signatures(net, tf_transform_output, [f.name for f in features], task, classes)
     net.save(fn_args.serving_model_dir, save_format="tf", signatures=signatures)
+    set_method_names(fn_args.serving_model_dir)
     record = {
         "warm_start": start.as_dict(),
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},

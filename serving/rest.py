@@ -9,6 +9,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 
+from serving.classify import classify_or_regress
 from serving.errors import ServingError, invalid, not_found
 from serving.json_tensors import (
     call_signature,
@@ -105,7 +106,7 @@ def handle(repository: ModelRepository, method: str, path: str, body: bytes) -> 
     if method == "POST" and (match := _PREDICT_PATH.fullmatch(path)):
         name, version, verb = match.group(1), _version(match.group(2)), match.group(3).lower()
         if verb != "predict":
-            raise invalid(f"conveyor serve answers :predict only (pushed models have predict signatures), not :{verb}")
+            return classify_or_regress(repository, name, version, verb, body)
         return predict(repository, name, version, body)
     if method == "GET" and (match := _METADATA_PATH.fullmatch(path)):
         return metadata(repository, match.group(1), _version(match.group(2)))

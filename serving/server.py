@@ -1,11 +1,12 @@
 """ModelServer: a local server speaking TensorFlow Serving's REST API over the pushed models (`conveyor serve`).
 
 Serves every model under `<output-dir>/serving_model/<model>/<version>/` the way `tensorflow_model_server
---rest_api_port=8501` would: model status, metadata and `:predict` in the row (`instances`) and columnar
-(`inputs`) forms, the same JSON and the same HTTP errors. New version directories are loaded and removed ones
-unloaded as they come and go; the default version is the highest. Beyond TF Serving, an instance may give
-plain feature values (`{"trip_miles": 1.2, ...}`) instead of a serialized tf.Example: they are typed by the
-curated schema that travels with each version in `assets.extra/schema.pbtxt`.
+--rest_api_port=8501` would: model status, metadata, `:classify` / `:regress`, and `:predict` in the row
+(`instances`) and columnar (`inputs`) forms, the same JSON and the same HTTP errors. New version
+directories are loaded and removed ones unloaded as they come and go; the default version is the
+highest. Beyond TF Serving, an instance may give plain feature values (`{"trip_miles": 1.2, ...}`)
+instead of a serialized tf.Example: they are typed by the curated schema that travels with each
+version in `assets.extra/schema.pbtxt`.
 """
 
 from __future__ import annotations

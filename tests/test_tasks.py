@@ -20,6 +20,7 @@ from components.examples import to_example
 from components.pusher.publish import list_versions
 from pipeline.config import load_config
 from schema.review import read_schema
+from serving.errors import ServingError
 from serving.models import ModelRepository
 from serving.rest import handle
 from tests.conftest import write_csv
@@ -134,6 +135,44 @@ def test_rest_api_answers_with_plain_json(task_runs, task):
         assert len(predictions[0]["scores"]) == 3
     else:
         assert isinstance(predictions[0][0], float)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_classify_or_regress_answers_as_tf_serving_and_matches_serving_default(task_runs, task):
+    """The export's classification/regression signature carries TF Serving's method name (TF2 writes
+    predict everywhere), and :classify / :regress give serving_default's numbers."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    config, *_ = task_runs[task]
+    version = list_versions(config.serving_model_dir)[-1]
+    version_dir = Path(config.serving_model_dir) / str(version)
+    saved = saved_model_pb2.SavedModel.FromString((version_dir / "saved_model.pb").read_bytes())
+    methods = {k: v.method_name for k, v in saved.meta_graphs[0].signature_def.items()}
+    name, verb = ("regression", "regress") if task == "regression" else ("classification", "classify")
+    assert methods[name] == f"tensorflow/serving/{verb}"
+    assert methods["serving_default"] == "tensorflow/serving/predict"
+
+    repository = ModelRepository(config.output.serving_root)
+    rows, _ = _eval_rows(config, n=3)
+    typed = {"x1": float, "x2": float, "weekday": int, "color": str, "city": str}
+    examples = [{k: typed[k](v) for k, v in r.items() if k in typed and v != "" and k != "color"} for r in rows]
+    body = json.dumps({"context": {"color": rows[0]["color"]}, "examples": examples}).encode()
+    answer = handle(repository, "POST", f"/v1/models/{config.model_name}:{verb}", body)["result"]
+    same = [{**e, "color": rows[0]["color"]} for e in examples]
+    predicted = handle(
+        repository, "POST", f"/v1/models/{config.model_name}:predict", json.dumps({"instances": same}).encode()
+    )["predictions"]
+    assert len(answer) == 3
+    for got, want in zip(answer, predicted, strict=True):
+        if task == "regression":
+            assert got == pytest.approx(want[0], abs=1e-5)
+        else:
+            assert [c for c, _ in got] == want["classes"]
+            assert [s for _, s in got] == pytest.approx(want["scores"], abs=1e-5)
+    wrong = "regress" if verb == "classify" else "classify"
+    with pytest.raises(ServingError) as err:
+        handle(repository, "POST", f"/v1/models/{config.model_name}:{wrong}", body)
+    assert "not found in signature def" in err.value.message
 
 
 def test_models_show_states_change_bounds_in_each_metrics_direction(task_runs, capsys):
