@@ -17,3 +17,5 @@ def prepare_environment() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # numpy's note when TFDV or TFMA reduce over NaN: the NaN itself is reported as a data error.
+    warnings.filterwarnings("ignore", category=RuntimeWarning, message="invalid value encountered")

@@ -279,6 +279,8 @@ def apply(
             result.feature.append(f)
         elif f.name in inferred:
             merged = _merged_feature(f, inferred[f.name], ranges.get(f.name))
+            if f.type != schema_pb2.FLOAT:  # became a float feature: forbid NaN/Inf where the data has none
+                forbid_non_finite(merged, diff.statistics)
             if any(c.feature == f.name and c.kind == "non_finite" for c in accepted):
                 nan, inf = _non_finite(diff.statistics, f.name)
                 if nan:

@@ -41,7 +41,7 @@ def DataGate(
         current = _split_stats(statistics, TRAINING_SPLIT)
         served = _split_stats(serving_statistics, SERVING_SPLIT)
         if current is not None and served is not None:
-            found += skew(current, served, curated, f"{TRAINING_SPLIT} vs serving")
+            found += count_non_finite(skew(current, served, curated, f"{TRAINING_SPLIT} vs serving"), lambda _: served)
     if previous_statistics is not None and previous_statistics.uri != statistics.uri:
         current, previous = _split_stats(statistics, TRAINING_SPLIT), _split_stats(previous_statistics, TRAINING_SPLIT)
         if current is not None and previous is not None:

@@ -113,3 +113,20 @@ def test_init_says_why_it_changed_the_name(tmp_path, capsys):
     assert (tmp_path / "configs" / "ho-cancer.yaml").is_file()
     assert main([*args, "--name", "ho-cancer-2"]) == 0
     assert "note:" not in capsys.readouterr().out
+
+
+def test_a_column_that_becomes_float_on_approval_forbids_nan_and_infinity(tmp_path, capsys):
+    header, rows = sample_taxi_rows(200, seed=4)
+    i = header.index("trip_seconds")
+    for n, row in enumerate(rows):
+        row[i] = f"{float(row[i]) + 0.5}" if n % 2 else row[i]  # an integer column starts carrying fractions
+    data = tmp_path / "data"
+    write_csv(data / "drop.csv", header, rows)
+    config, schema = project_with_schema_copy(tmp_path, data)
+    _, before = read_schema(schema)
+    assert next(f for f in before.feature if f.name == "trip_seconds").type == schema_pb2.INT
+    assert main(["schema", "approve", "--config", str(config), "--feature", "trip_seconds"]) == 0
+    _, after = read_schema(schema)
+    seconds = next(f for f in after.feature if f.name == "trip_seconds")
+    assert seconds.type == schema_pb2.FLOAT
+    assert seconds.float_domain.disallow_nan and seconds.float_domain.disallow_inf
