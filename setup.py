@@ -25,6 +25,8 @@ setup(
         "kfp==2.5.0",
         "PyYAML==6.0.3",
         "matplotlib==3.9.2",
+        # A shared ML Metadata store's lock (PostgreSQL advisory locks); ml_metadata itself connects natively.
+        "psycopg2-binary==2.9.10",
     ],
     extras_require={"test": ["pytest==8.0.0", "ruff==0.17.6", "hypothesis==6.168.5"]},
     entry_points={"console_scripts": ["conveyor=cli.main:main"]},

@@ -35,10 +35,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     prepare_environment()
     args = build_parser().parse_args(argv)
     from pipeline.config import ConfigError
+    from pipeline.metadata import MetadataUnavailable
 
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, MetadataUnavailable) as err:
         # A bad config or a missing file (e.g. no ML Metadata yet) is the user's to fix: one line.
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

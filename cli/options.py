@@ -22,6 +22,19 @@ def add_registry(parser: argparse.ArgumentParser) -> None:
     """What the registry commands need: the pipeline and model names (from the config) and the output dir."""
     add_config(parser)
     parser.add_argument("--output-dir", default="output", help="the run's output directory (default: output)")
+    add_metadata(parser)
+
+
+def add_metadata(parser: argparse.ArgumentParser) -> None:
+    """`--metadata URL`: a shared ML Metadata store instead of the output directory's SQLite file."""
+    parser.add_argument(
+        "--metadata",
+        default=None,
+        metavar="URL",
+        help="ML Metadata store: sqlite:///PATH, postgresql://USER@HOST:PORT/DB or mysql://USER@HOST:PORT/DB "
+        "(default: the config's metadata.url, else <output-dir>/metadata.sqlite); the password comes from the "
+        "environment variable named by metadata.password_env",
+    )
 
 
 class _FileWhenWritten(logging.FileHandler):

@@ -56,7 +56,7 @@ def _quiet(command):
 def _config(args: argparse.Namespace):
     from pipeline.config import load_config
 
-    return load_config(args.config, output_dir=args.output_dir)
+    return load_config(args.config, output_dir=args.output_dir, metadata=args.metadata)
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
@@ -65,7 +65,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
     config = _config(args)
     model_dir = str(Path(config.output.serving_root) / (args.model or config.model_name))
-    records = versions(config.output.metadata_path, config.name, model_dir)
+    records = versions(config.output.store, config.name, model_dir)
     served = served_version(model_dir)
     present = set(list_versions(model_dir))
     if not records:
@@ -90,7 +90,7 @@ def cmd_models_show(args: argparse.Namespace) -> int:
 
     config = _config(args)
     model_dir = str(Path(config.output.serving_root) / config.model_name)
-    records = {r.version: r for r in versions(config.output.metadata_path, config.name, model_dir)}
+    records = {r.version: r for r in versions(config.output.store, config.name, model_dir)}
     if args.version not in records:
         known = ", ".join(map(str, sorted(records))) or "none"
         print(f"error: version {args.version} was never pushed to {model_dir} (versions: {known})", file=sys.stderr)
@@ -105,7 +105,7 @@ def cmd_models_card(args: argparse.Namespace) -> int:
 
     config = _config(args)
     model_dir = config.serving_model_dir
-    records = {r.version: r for r in versions(config.output.metadata_path, config.name, model_dir)}
+    records = {r.version: r for r in versions(config.output.store, config.name, model_dir)}
     if args.version not in records or args.version not in list_versions(model_dir):
         print(f"error: version {args.version} is not in {model_dir}", file=sys.stderr)
         return EXIT_USAGE
@@ -121,7 +121,7 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
     config = _config(args)
     try:
         with output_lock(Path(config.output.metadata_path).parent):
-            restored, new = rollback(config.output.metadata_path, config.name, config.serving_model_dir, args.to)
+            restored, new = rollback(config.output.store, config.name, config.serving_model_dir, args.to)
     except (ValueError, FileNotFoundError, RunLocked) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -134,7 +134,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     from registry.runs import run_status, runs
 
     config = _config(args)
-    for run, executions, summary in runs(config.output.metadata_path, config.name):
+    for run, executions, summary in runs(config.output.store, config.name):
         status, failed = run_status(executions)
         if failed is not None:
             outcome = f"failed at {failed.node_id}"
@@ -153,7 +153,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
     from registry.runs import ERROR_KEY, provenance, run_status, runs
 
     config = _config(args)
-    for run, executions, summary in runs(config.output.metadata_path, config.name):
+    for run, executions, summary in runs(config.output.store, config.name):
         if run.name != args.run:
             continue
         status, failed = run_status(executions)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config
+from cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config, add_metadata
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--data-root", default=None, help="directory of CSV files, overriding data.root")
     run.add_argument("--output-dir", default="output", help="artifacts, ML Metadata, logs and serving models")
     run.add_argument("--span", type=int, default=None, help="run on data-root/span-N/ (default: the newest span)")
+    add_metadata(run)
     run.set_defaults(func=cmd_run)
 
 
@@ -31,14 +32,25 @@ def run_input(config) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError, load_config
+    from pipeline.metadata import MetadataUnavailable
     from pipeline.runner import ComponentFailed, RunLocked, run_local
+    from pipeline.store_lock import StoreLocked
+    from registry.lineage import connect
     from schema.check import DataReadError, check_labels, read_csv_input, require_label
 
     try:
-        config = load_config(args.config, output_dir=args.output_dir, data_root=args.data_root, span=args.span)
+        config = load_config(
+            args.config, output_dir=args.output_dir, data_root=args.data_root, span=args.span, metadata=args.metadata
+        )
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if config.output.store.shared:
+        try:  # before any component runs: an unreachable store fails in one line, not inside TFX
+            connect(config.output.store)
+        except MetadataUnavailable as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         csv_input = read_csv_input(run_input(config))
         require_label(csv_input, config.label)
@@ -49,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"conveyor: running pipeline '{config.name}' on {config.data_root}", file=sys.stderr)
     try:
         result = run_local(config, sys.stderr)
-    except (RunLocked, OSError) as err:
+    except (RunLocked, StoreLocked, MetadataUnavailable, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except ComponentFailed as err:

@@ -11,6 +11,8 @@ from typing import Any, Optional
 
 import yaml
 
+from pipeline.metadata import MetadataStore
+
 FEATURE_KINDS = ("numeric", "categorical_string", "categorical_int", "bucketized", "hashed")
 TASKS = ("binary", "multiclass", "regression")
 # What each task measures when `evaluation.metrics` is not given (TFMA metric class names).
@@ -120,7 +122,17 @@ class OutputConfig:
 
     pipeline_root: str
     serving_root: str
+    # The default store: SQLite in the output directory.
     metadata_path: Optional[str] = None
+    # A shared store (config `metadata:` or `--metadata`), used instead of metadata_path when set.
+    metadata: Optional[MetadataStore] = None
+
+    @property
+    def store(self) -> Optional[MetadataStore]:
+        """The ML Metadata store this run reads and writes, or None (a compiled cluster pipeline)."""
+        if self.metadata is not None:
+            return self.metadata
+        return MetadataStore.sqlite(self.metadata_path) if self.metadata_path else None
 
     @classmethod
     def under(cls, output_dir: str | Path) -> OutputConfig:
@@ -405,7 +417,23 @@ _TOP_KEYS = {
     "serving",
     "beam",
     "kubeflow",
+    "metadata",
 }
+
+
+def _parse_metadata(raw: Mapping[str, Any], override: Optional[str]) -> Optional[MetadataStore]:
+    """The `metadata:` section ({url, password_env}); `override` (--metadata) wins over its url."""
+    _check_keys(raw, {"url", "password_env"}, set(), "metadata.")
+    url = override or (_typed(raw["url"], str, "metadata.url") if raw.get("url") else None)
+    password_env = _typed(raw.get("password_env", "") or "", str, "metadata.password_env")
+    if password_env and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", password_env):
+        raise ConfigError("metadata.password_env", f"'{password_env}' is not an environment variable name")
+    if url is None:
+        return None
+    try:
+        return MetadataStore.parse(url, password_env)
+    except ValueError as err:
+        raise ConfigError("--metadata" if override else "metadata.url", str(err)) from None
 
 
 def parse_config(
@@ -414,6 +442,7 @@ def parse_config(
     output: OutputConfig,
     data_root: Optional[str | Path] = None,
     source: Optional[str] = None,
+    metadata: Optional[str] = None,
 ) -> PipelineConfig:
     """Builds a PipelineConfig from already-loaded YAML.
 
@@ -423,6 +452,7 @@ def parse_config(
       output: where this run writes.
       data_root: overrides `data.root` when given.
       source: the file name, for error messages.
+      metadata: a store URL overriding `metadata.url` (`--metadata`).
 
     Returns:
       The validated, frozen configuration.
@@ -482,7 +512,7 @@ def parse_config(
             schema_path=str(schema_path.resolve()),
             features=features,
             model_name=model_name,
-            output=output,
+            output=dataclasses.replace(output, metadata=_parse_metadata(raw.get("metadata", {}) or {}, metadata)),
             keep_versions=keep_versions,
             serving_data_root=str(serving_root.resolve()) if serving_root else None,
             span_pattern=SPAN_PATTERN if spans else None,
@@ -503,6 +533,7 @@ def load_config(
     output_dir: str | Path = "output",
     data_root: Optional[str | Path] = None,
     span: Optional[int] = None,
+    metadata: Optional[str] = None,
 ) -> PipelineConfig:
     """Reads and validates a dataset config file; relative paths in it are relative to its folder.
 
@@ -511,6 +542,7 @@ def load_config(
       output_dir: where the run writes.
       data_root: overrides `data.root`.
       span: the span to run on (default: the newest); needs span-<N>/ directories.
+      metadata: an ML Metadata URL overriding the config's `metadata.url` (`--metadata`).
 
     Raises:
       ConfigError: the file is missing, is not YAML, or holds a bad value (the key is named).
@@ -524,7 +556,7 @@ def load_config(
         raise ConfigError("<file>", f"{path} is not valid YAML: {err}") from None
     if raw is None:
         raise ConfigError("<file>", f"{path} is empty")
-    config = parse_config(raw, path.parent, OutputConfig.under(output_dir), data_root, source=str(path))
+    config = parse_config(raw, path.parent, OutputConfig.under(output_dir), data_root, str(path), metadata)
     if span is not None:
         available = list_spans(config.data_root)
         if span not in available:

@@ -22,7 +22,6 @@ from tfx.dsl.components.common.resolver import Resolver
 from tfx.dsl.input_resolution.strategies.latest_artifact_strategy import LatestArtifactStrategy
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
 from tfx.dsl.input_resolution.strategies.span_range_strategy import SpanRangeStrategy
-from tfx.orchestration import metadata as tfx_metadata
 from tfx.orchestration.pipeline import Pipeline
 from tfx.proto import example_gen_pb2, range_config_pb2, trainer_pb2
 from tfx.types import standard_artifacts
@@ -283,9 +282,8 @@ def create_pipeline(config: PipelineConfig, data_stages_only: bool = False) -> P
     )
     transform.add_upstream_node(data_gate)
     model_nodes = [] if data_stages_only else _model_nodes(config, example_gen, import_schema_gen, transform)
-    metadata = None
-    if config.output.metadata_path:
-        metadata = tfx_metadata.sqlite_metadata_connection_config(config.output.metadata_path)
+    store = config.output.store
+    metadata = store.connection_config() if store is not None else None
     return Pipeline(
         pipeline_name=config.name,
         pipeline_root=config.output.pipeline_root,

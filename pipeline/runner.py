@@ -16,6 +16,7 @@ from typing import Optional, TextIO
 
 from pipeline import speedups
 from pipeline.config import PipelineConfig
+from pipeline.store_lock import store_lock
 
 _RUNNING = re.compile(r"^Component (\S+) is running\.$")
 _FINISHED = re.compile(r"^Component (\S+) is finished\.$")
@@ -245,11 +246,17 @@ def run_local(config: PipelineConfig, progress_out: TextIO, log_dir: Optional[Pa
     Raises:
       ComponentFailed: a component raised (the summary is not built).
       RunLocked: another run is using the same output directory.
+      StoreLocked: another run of this pipeline holds the shared ML Metadata store.
+      MetadataUnavailable: the shared store cannot be reached or locked.
     """
     output_dir = Path(config.output.metadata_path).parent
     log_dir = log_dir or output_dir / "logs"
     log_path = log_dir / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    with output_lock(output_dir), _logs_to_file(log_path, progress_out) as progress:
+    with (
+        output_lock(output_dir),
+        store_lock(config.output.store, config.name),
+        _logs_to_file(log_path, progress_out) as progress,
+    ):
         from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
         from pipeline.pipeline import create_pipeline
@@ -264,10 +271,10 @@ def run_local(config: PipelineConfig, progress_out: TextIO, log_dir: Optional[Pa
         except Exception as err:  # noqa: BLE001 - any component error ends the run; it is re-raised with context
             logging.exception("pipeline run failed")
             failed = ComponentFailed(progress.current or "pipeline", err, log_path)
-            record_provenance(config.output.metadata_path, config.name, config.source or "", (failed.node_id, str(err)))
+            record_provenance(config.output.store, config.name, config.source or "", (failed.node_id, str(err)))
             raise failed from err
-        record_provenance(config.output.metadata_path, config.name, config.source or "")
-        store = open_store(config.output.metadata_path)
+        record_provenance(config.output.store, config.name, config.source or "")
+        store = open_store(config.output.store)
         run = pipeline_runs(store, config.name)[-1]
         summary = summarize(run.name, run_executions(store, run, config.name), store, config.name)
         if summary.pushed_to:
@@ -283,9 +290,7 @@ def _write_card(config: PipelineConfig, summary) -> str:
     version = int(Path(summary.pushed_to).name)
     try:
         record = next(
-            r
-            for r in versions(config.output.metadata_path, config.name, config.serving_model_dir)
-            if r.version == version
+            r for r in versions(config.output.store, config.name, config.serving_model_dir) if r.version == version
         )
         html_path, _ = write_card(record, config)
     except Exception as err:  # noqa: BLE001 - the model is pushed; the card is reported as missing

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
+
+from pipeline.metadata import MetadataStore, MetadataUnavailable
 
 PIPELINE_RUN = "pipeline_run"
 
@@ -36,22 +42,102 @@ class NodeExecution:
         return artifacts[0] if artifacts else None
 
 
-def open_store(metadata_path: str, readonly: bool = True) -> metadata_store.MetadataStore:
-    """ML Metadata in SQLite; read-only unless asked.
+def open_store(store: str | MetadataStore, readonly: bool = True) -> metadata_store.MetadataStore:
+    """ML Metadata: a SQLite file (a path, or a sqlite store), read-only unless asked, or a shared server.
 
     Raises:
-      FileNotFoundError: there is no metadata database yet (nothing has run).
+      FileNotFoundError: there is no SQLite metadata database yet (nothing has run).
+      MetadataUnavailable: the server cannot be reached, refuses the credentials, or lacks the database;
+        the message names the store's URL without its password.
     """
-    if not Path(metadata_path).is_file():
-        raise FileNotFoundError(f"no ML Metadata at {metadata_path}: nothing has run with this output directory yet")
-    config = metadata_store_pb2.ConnectionConfig()
-    config.sqlite.filename_uri = metadata_path
-    config.sqlite.connection_mode = (
-        metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
-        if readonly
-        else metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
+    if isinstance(store, str):
+        store = MetadataStore.sqlite(store)
+    if not store.shared:
+        if not Path(store.path).is_file():
+            raise FileNotFoundError(f"no ML Metadata at {store.path}: nothing has run with this output directory yet")
+        config = metadata_store_pb2.ConnectionConfig()
+        config.sqlite.filename_uri = store.path
+        config.sqlite.connection_mode = (
+            metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+            if readonly
+            else metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
+        )
+        return metadata_store.MetadataStore(config)
+    return connect(store)
+
+
+def connect(store: MetadataStore) -> metadata_store.MetadataStore:
+    """Opens a store (creating ML Metadata's tables in a new database or SQLite file).
+
+    A server is first reached with its own client library, whose errors say what is wrong
+    (ml_metadata's own say only "metadata source error" and log the reason to stderr).
+
+    Raises:
+      MetadataUnavailable: naming the URL without its password, the server's reason, and what to do.
+    """
+    from ml_metadata import errors
+
+    if store.shared:
+        _probe(store)
+    try:
+        with _quiet_stderr(store.shared):
+            return metadata_store.MetadataStore(store.connection_config())
+    except errors.StatusError as err:
+        _fail(store, " ".join(str(err).split())[:300])
+
+
+def _fail(store: MetadataStore, reason: str):
+    raise MetadataUnavailable(
+        f"cannot open ML Metadata at {store.shown}: {reason}; check that the server runs and the user, database "
+        "and password (metadata.password_env) are right (config key metadata.url or --metadata)"
     )
-    return metadata_store.MetadataStore(config)
+
+
+def _probe(store: MetadataStore) -> None:
+    """Connects once with the server's client library, for an error message that says why."""
+    password = store.password() or None
+    try:
+        if store.kind == "postgresql":
+            import psycopg2
+
+            psycopg2.connect(
+                host=store.host,
+                port=store.port,
+                user=store.user,
+                dbname=store.database,
+                password=password,
+                connect_timeout=10,
+            ).close()
+        else:
+            import pymysql
+
+            pymysql.connect(
+                host=store.host,
+                port=store.port,
+                user=store.user,
+                database=store.database,
+                password=password or "",
+                connect_timeout=10,
+            ).close()
+    except Exception as err:  # noqa: BLE001 - each driver has its own error classes; all mean "cannot open"
+        _fail(store, " ".join(str(err).split())[:300])
+
+
+@contextlib.contextmanager
+def _quiet_stderr(quiet: bool) -> Iterator[None]:
+    """ml_metadata's server clients log every connection on fd 2 (glog); a command's output stays its own."""
+    if not quiet:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def pipeline_runs(store: metadata_store.MetadataStore, pipeline_name: str) -> list[metadata_store_pb2.Context]:

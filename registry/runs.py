@@ -12,6 +12,7 @@ from typing import Optional
 
 from ml_metadata.proto import metadata_store_pb2
 
+from pipeline.metadata import MetadataStore
 from registry.lineage import NodeExecution, custom_property, open_store, pipeline_runs, run_executions
 from registry.summary import RunSummary, summarize
 
@@ -38,12 +39,12 @@ def _git(*args: str) -> str:
 
 
 def record_provenance(
-    metadata_path: str, pipeline_name: str, config_source: str, error: Optional[tuple[str, str]] = None
+    store: str | MetadataStore, pipeline_name: str, config_source: str, error: Optional[tuple[str, str]] = None
 ) -> None:
     """Writes who ran the latest run, from which code, onto its run context; and a failed
     component's error onto its execution (TFX records only the FAILED state)."""
     try:
-        store = open_store(metadata_path, readonly=False)
+        store = open_store(store, readonly=False)
     except FileNotFoundError:
         return
     runs = pipeline_runs(store, pipeline_name)
@@ -69,10 +70,10 @@ def record_provenance(
 
 
 def runs(
-    metadata_path: str, pipeline_name: str
+    store: str | MetadataStore, pipeline_name: str
 ) -> list[tuple[metadata_store_pb2.Context, dict[str, NodeExecution], RunSummary]]:
     """Every run, newest first, with its executions and summary."""
-    store = open_store(metadata_path)
+    store = open_store(store)
     out = []
     for run in reversed(pipeline_runs(store, pipeline_name)):
         executions = run_executions(store, run, pipeline_name)

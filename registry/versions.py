@@ -18,6 +18,7 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from components.pusher.publish import list_versions, publish, write_models_config
+from pipeline.metadata import MetadataStore
 from registry.lineage import (
     NodeExecution,
     custom_property,
@@ -65,10 +66,10 @@ def _run_of_artifact(store, artifact_id: int, runs_by_id) -> Optional[metadata_s
     return None
 
 
-def versions(metadata_path: str, pipeline_name: str, model_dir: str) -> list[VersionRecord]:
+def versions(store: str | MetadataStore, pipeline_name: str, model_dir: str) -> list[VersionRecord]:
     """Every version pushed into `model_dir` (including ones retention removed since), newest first,
     each with the summary of the run that pushed it."""
-    store = open_store(metadata_path)
+    store = open_store(store)
     runs = {c.id: c for c in pipeline_runs(store, pipeline_name)}
     records = []
     for artifact in _pushed_artifacts(store):
@@ -95,7 +96,9 @@ def versions(metadata_path: str, pipeline_name: str, model_dir: str) -> list[Ver
 # Rollback
 
 
-def rollback(metadata_path: str, pipeline_name: str, model_dir: str, to: Optional[int] = None) -> tuple[int, int]:
+def rollback(
+    store: str | MetadataStore, pipeline_name: str, model_dir: str, to: Optional[int] = None
+) -> tuple[int, int]:
     """Makes an earlier version the one TF Serving's default policy serves again: its files are
     published as a new highest version, and ML Metadata records a `conveyor.Rollback` execution
     from the old version's PushedModel to the new one (`rollback_of`).
@@ -122,7 +125,8 @@ def rollback(metadata_path: str, pipeline_name: str, model_dir: str, to: Optiona
         raise ValueError(f"version {to} is not in {model_dir} (versions: {', '.join(map(str, present))})")
     if to == served:
         raise ValueError(f"version {to} is already the served version")
-    store = open_store(metadata_path, readonly=False)
+    where = store if isinstance(store, str) else store.shown
+    store = open_store(store, readonly=False)
     source = next(
         (
             a
@@ -133,9 +137,7 @@ def rollback(metadata_path: str, pipeline_name: str, model_dir: str, to: Optiona
         None,
     )
     if source is None:
-        raise ValueError(
-            f"version {to} has no push recorded in {metadata_path}; only blessed pushed versions can be restored"
-        )
+        raise ValueError(f"version {to} has no push recorded in {where}; only blessed pushed versions can be restored")
     marker = {"rollback_of": to, "by": getpass.getuser(), "at": dt.datetime.now(dt.timezone.utc).isoformat()}
     with tempfile.TemporaryDirectory() as scratch:
         # The marker travels inside the staging copy, so it is there the moment the version appears.

@@ -1,0 +1,178 @@
+"""ML Metadata on a real PostgreSQL server on loopback: runs, a cached re-run and the registry commands
+on the shared store, the server's lock between two checkouts, and one clear line for every failure."""
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli.main import main
+from components.pusher.publish import list_versions
+from pipeline.config import OutputConfig
+from pipeline.metadata import DEFAULT_PASSWORD_ENV, MetadataStore
+from pipeline.runner import run_local
+from pipeline.store_lock import StoreLocked, store_lock
+from registry.lineage import open_store, pipeline_runs, run_executions
+from tests.conftest import PROJECT_ROOT
+from tests.servers import PASSWORD, PASSWORD_ENV, start_postgres
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    server, stop = start_postgres(Path(f"/tmp/conveyor-pg-{os.getpid()}"))
+    names = (PASSWORD_ENV, DEFAULT_PASSWORD_ENV)  # named by a config, and the one --metadata alone uses
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: PASSWORD for name in names})
+    yield server
+    stop()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def pg_runs(postgres, e2e_config, tmp_path_factory):
+    """Two runs of the e2e pipeline with their registry in PostgreSQL: the first pushes, the second is cached."""
+    out = tmp_path_factory.mktemp("pg_out")
+    store = MetadataStore.parse(postgres.url(), PASSWORD_ENV)
+    config = e2e_config.replace(output=OutputConfig(**{**OutputConfig.under(out).__dict__, "metadata": store}))
+    logs = tmp_path_factory.mktemp("pg_logs")
+    first = run_local(config, io.StringIO(), logs)
+    second = run_local(config, io.StringIO(), logs)
+    return config, out, first, second
+
+
+def test_runs_write_their_registry_to_the_server_and_the_rerun_is_cached(pg_runs):
+    config, out, first, second = pg_runs
+    assert not (out / "metadata.sqlite").exists(), "the shared store replaces the output directory's file"
+    assert first.summary.pushed_to and list_versions(config.serving_model_dir) == [
+        int(Path(first.summary.pushed_to).name)
+    ]
+    assert second.summary.pushed_to is None and {"Trainer", "Evaluator", "SafePusher"} <= set(second.summary.cached)
+    store = open_store(config.output.store)
+    runs = pipeline_runs(store, config.name)
+    assert len(runs) == 2
+    assert run_executions(store, runs[1], config.name)["Trainer"].state == "cached"
+    assert store.get_contexts_by_type("pipeline_run")[0].custom_properties["user"].string_value
+
+
+def test_registry_commands_read_the_shared_store(pg_runs, postgres, capsys):
+    config, out, first, _ = pg_runs
+    args = ["--config", config.source, "--output-dir", str(out), "--metadata", postgres.url()]
+    assert main(["models", "list", *args]) == 0
+    listed = capsys.readouterr().out
+    assert Path(first.summary.pushed_to).name in listed and "<- served" in listed
+    assert main(["runs", "list", *args]) == 0
+    assert len([line for line in capsys.readouterr().out.splitlines() if "succeeded" in line]) == 2
+
+
+def test_a_second_checkout_is_refused_while_a_run_holds_the_servers_lock(pg_runs, postgres, tmp_path, capsys):
+    config, *_ = pg_runs
+    with store_lock(config.output.store, config.name):
+        with pytest.raises(StoreLocked) as err:
+            with store_lock(config.output.store, config.name):
+                pass
+        code = main(
+            [
+                "run",
+                "--config",
+                config.source,
+                "--output-dir",
+                str(tmp_path / "other"),
+                "--metadata",
+                postgres.url(),
+                "--data-root",
+                config.data_root,
+            ]
+        )
+    assert code == 2
+    message = capsys.readouterr().err
+    holder = f"conveyor run {config.name} (pid {os.getpid()}"
+    assert f"pipeline '{config.name}' is being run against {postgres.url()} by {holder}" in message
+    assert str(err.value) in message.replace("error: ", "")
+    assert not (tmp_path / "other" / "pipeline_root").exists(), "nothing ran"
+
+
+def test_a_killed_run_releases_the_lock(pg_runs, postgres):
+    config, *_ = pg_runs
+    script = (
+        "import sys, time\n"
+        "from pipeline.metadata import MetadataStore\n"
+        "from pipeline.store_lock import store_lock\n"
+        f"with store_lock(MetadataStore.parse({postgres.url()!r}, {PASSWORD_ENV!r}), {config.name!r}):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreLocked):
+            with store_lock(config.output.store, config.name):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    for _ in range(50):  # the server notices the dropped connection at once, but give it a moment
+        try:
+            with store_lock(config.output.store, config.name):
+                return
+        except StoreLocked:
+            import time
+
+            time.sleep(0.1)
+    pytest.fail("the lock of a killed run was not released")
+
+
+@pytest.mark.parametrize(
+    "url, password, words",
+    [
+        ("postgresql://conveyor@127.0.0.1:{port}/nodb", PASSWORD, 'database "nodb" does not exist'),
+        ("postgresql://conveyor@127.0.0.1:{port}/mlmd", "wrong", "password authentication failed"),
+        ("postgresql://conveyor@127.0.0.1:1/mlmd", PASSWORD, "Connection refused"),
+        ("postgresql://conveyor:secret@127.0.0.1:{port}/mlmd", PASSWORD, "no password in the URL"),
+    ],
+)
+def test_an_unusable_store_ends_in_one_line_before_anything_runs(
+    postgres, e2e_config, tmp_path, monkeypatch, url, password, words
+):
+    monkeypatch.setenv(PASSWORD_ENV, password)
+    monkeypatch.delenv(DEFAULT_PASSWORD_ENV)
+    url = url.format(port=postgres.port)
+    config_file = tmp_path / "config.yaml"
+    import yaml
+
+    raw = yaml.safe_load(Path(e2e_config.source).read_text())
+    raw["metadata"] = {"password_env": PASSWORD_ENV}
+    raw["data"]["root"] = str(PROJECT_ROOT / "data" / "taxi")
+    raw["schema"] = str(PROJECT_ROOT / "schema" / "taxi" / "schema.pbtxt")
+    config_file.write_text(yaml.safe_dump(raw))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "run",
+            "--config",
+            str(config_file),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--metadata",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], done.stderr
+    assert "secret" not in done.stderr and password not in done.stderr
+    assert not (tmp_path / "out" / "pipeline_root").exists()
