@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from serving.server import DEFAULT_HOST, DEFAULT_POLL_SECONDS, DEFAULT_PORT, SERVING_SUBDIR, ModelServer, describe
+from serving.defaults import DEFAULT_HOST, DEFAULT_POLL_SECONDS, DEFAULT_PORT, SERVING_SUBDIR
 
 DEFAULT_OUTPUT_DIR = "output"
 # The serving package's logger: loads, unloads and failures of every module in it.
@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Runs `conveyor serve` until interrupted; returns the exit code."""
+    from serving.server import ModelServer, describe
+
     if not args.poll_seconds > 0:
         print(f"error: --poll-seconds must be positive, got {args.poll_seconds}", file=sys.stderr)
         return 2

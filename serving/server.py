@@ -17,16 +17,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
+from serving.defaults import DEFAULT_HOST, DEFAULT_POLL_SECONDS, DEFAULT_PORT
 from serving.models import ModelRepository
 from serving.rest import RestServer
 
 log = logging.getLogger(__name__)
-
-DEFAULT_HOST = "127.0.0.1"
-# TF Serving's REST port, so a client written against this server needs no change to talk to the real one.
-DEFAULT_PORT = 8501
-DEFAULT_POLL_SECONDS = 1.0
-SERVING_SUBDIR = "serving_model"
 
 
 class ModelServer:
