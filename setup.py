@@ -27,6 +27,8 @@ setup(
         "matplotlib==3.9.2",
         # A shared ML Metadata store's lock (PostgreSQL advisory locks); ml_metadata itself connects natively.
         "psycopg2-binary==2.9.10",
+        # The same for MySQL-compatible stores (GET_LOCK), and a connectivity check with the server's reason.
+        "PyMySQL==1.2.4",
     ],
     extras_require={"test": ["pytest==8.0.0", "ruff==0.17.6", "hypothesis==6.168.5"]},
     entry_points={"console_scripts": ["conveyor=cli.main:main"]},

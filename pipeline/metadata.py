@@ -125,6 +125,7 @@ class MetadataStore:
             if password:
                 pg.password = password
         else:
+            fix_postgresql()  # the row-order mend applies to every server; the backslash one to PostgreSQL only
             my = config.mysql
             my.host, my.port, my.user, my.database = self.host, self.port, self.user, self.database
             my.skip_db_creation = True
@@ -201,14 +202,18 @@ def fix_postgresql() -> None:
     original = cls._call_method
 
     def call_method(self, method_name, request, response):
-        if not self._config.HasField("postgresql"):
+        server = self._config.WhichOneof("config") in ("postgresql", "mysql")
+        if not server:
             return original(self, method_name, request, response)
-        _map_string_values(request, "\\", BACKSLASH_STAND_IN)
+        postgresql = self._config.HasField("postgresql")
+        if postgresql:
+            _map_string_values(request, "\\", BACKSLASH_STAND_IN)
         try:
             return original(self, method_name, request, response)
         finally:
-            _map_string_values(request, BACKSLASH_STAND_IN, "\\")
-            _map_string_values(response, BACKSLASH_STAND_IN, "\\")
+            if postgresql:
+                _map_string_values(request, BACKSLASH_STAND_IN, "\\")
+                _map_string_values(response, BACKSLASH_STAND_IN, "\\")
             if method_name in _BY_ID:
                 _in_requested_order(request, response, *_BY_ID[method_name])
 

@@ -4,7 +4,8 @@ two machines never interleave their runs and pushes of one pipeline. The output 
 
 PostgreSQL: a session-level advisory lock on a dedicated connection; the server drops it when that
 connection ends, so a killed run releases it. The holder names itself in `application_name`, which a
-refused run reads back from pg_stat_activity.
+refused run reads back from pg_stat_activity. MySQL (and MariaDB): GET_LOCK on a dedicated connection,
+released the same way; a refused run names the holder's connection from the process list.
 """
 
 from __future__ import annotations
@@ -36,22 +37,18 @@ def store_lock(store: MetadataStore, pipeline_name: str) -> Iterator[None]:
 
     Raises:
       StoreLocked: another run holds it; names who, where, since when.
-      MetadataUnavailable: the server cannot be reached, or the store's kind has no lock here (MySQL).
+      MetadataUnavailable: the server cannot be reached.
     """
     if not store.shared:
         yield
         return
-    if store.kind != "postgresql":
-        raise MetadataUnavailable(
-            f"conveyor run on {store.shown}: runs need the server's lock, implemented for PostgreSQL only so far; "
-            "the registry commands (models, runs) read a MySQL store"
-        )
+    if store.kind == "mysql":
+        with _mysql_lock(store, pipeline_name):
+            yield
+        return
     import psycopg2
 
-    me = (
-        f"conveyor run {pipeline_name} (pid {os.getpid()} on {socket.gethostname()} by {getpass.getuser()}, "
-        f"started {time.strftime('%Y-%m-%d %H:%M:%S')})"
-    )[:63]
+    me = _describe_me(pipeline_name)[:63]
     try:
         connection = psycopg2.connect(
             host=store.host,
@@ -77,6 +74,50 @@ def store_lock(store: MetadataStore, pipeline_name: str) -> Iterator[None]:
                 )
                 row = cursor.fetchone()
                 holder = row[0] if row and row[0] else "another session"
+                raise StoreLocked(
+                    f"pipeline '{pipeline_name}' is being run against {store.shown} by {holder}; wait for that run "
+                    "to finish (a run that dies releases the lock)"
+                )
+        yield
+    finally:
+        connection.close()
+
+
+def _describe_me(pipeline_name: str) -> str:
+    return (
+        f"conveyor run {pipeline_name} (pid {os.getpid()} on {socket.gethostname()} by {getpass.getuser()}, "
+        f"started {time.strftime('%Y-%m-%d %H:%M:%S')})"
+    )
+
+
+@contextlib.contextmanager
+def _mysql_lock(store: MetadataStore, pipeline_name: str) -> Iterator[None]:
+    import pymysql
+
+    name = f"conveyor:{pipeline_name}"[:64]
+    try:
+        connection = pymysql.connect(
+            host=store.host,
+            port=store.port,
+            user=store.user,
+            database=store.database,
+            password=store.password(),
+            connect_timeout=10,
+            program_name=_describe_me(pipeline_name)[:60],
+        )
+    except pymysql.Error as err:
+        reason = " ".join(str(err).split())[:300]
+        raise MetadataUnavailable(f"cannot lock ML Metadata at {store.shown}: {reason}") from None
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT GET_LOCK(%s, 0)", (name,))
+            if cursor.fetchone()[0] != 1:
+                cursor.execute(
+                    "SELECT p.ID, p.USER, p.HOST FROM information_schema.PROCESSLIST p WHERE p.ID = IS_USED_LOCK(%s)",
+                    (name,),
+                )
+                row = cursor.fetchone()
+                holder = f"connection {row[0]} of {row[1]} from {row[2]}" if row else "another session"
                 raise StoreLocked(
                     f"pipeline '{pipeline_name}' is being run against {store.shown} by {holder}; wait for that run "
                     "to finish (a run that dies releases the lock)"

@@ -81,3 +81,94 @@ def start_postgres(root: Path) -> tuple[Postgres, callable]:
         shutil.rmtree(root, ignore_errors=True)
 
     return Postgres(port, user, database), stop
+
+
+@dataclass(frozen=True)
+class MySQL:
+    port: int
+    user: str
+    database: str
+
+    def url(self, database: str | None = None) -> str:
+        return f"mysql://{self.user}@127.0.0.1:{self.port}/{database or self.database}"
+
+
+def start_mysql(root: Path) -> tuple[MySQL, callable]:
+    """A MySQL-compatible server (Debian's MariaDB; `.ci/run` installs it) under `root` on 127.0.0.1,
+    run as Debian's unprivileged `mysql` user when started as root, with one database and a password user.
+
+    Returns:
+      The server's facts and a function that stops it.
+    """
+    import time
+
+    import pymysql
+
+    server = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
+    install = shutil.which("mariadb-install-db")
+    if not Path(server).exists() or install is None:
+        raise RuntimeError("MariaDB's server is not installed: `apt-get install mariadb-server` (.ci/run installs it)")
+    run_as = "mysql" if os.geteuid() == 0 else getpass.getuser()
+    owner = pwd.getpwnam(run_as)
+    root.mkdir(parents=True, exist_ok=True)
+    os.chown(root, owner.pw_uid, owner.pw_gid)
+    data, sock, port = root / "data", root / "mysqld.sock", _free_port()
+    subprocess.run(
+        [
+            install,
+            f"--user={run_as}",
+            f"--datadir={data}",
+            "--auth-root-authentication-method=socket",
+            "--skip-test-db",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    process = subprocess.Popen(
+        [
+            server,
+            "--no-defaults",
+            f"--user={run_as}",
+            f"--datadir={data}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={sock}",
+            f"--pid-file={root / 'mysqld.pid'}",
+            "--skip-name-resolve",
+            "--innodb-flush-log-at-trx-commit=0",
+            f"--log-error={root / 'error.log'}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(300):
+        if sock.exists():
+            try:
+                admin = pymysql.connect(unix_socket=str(sock), user="root" if os.geteuid() == 0 else run_as)
+                break
+            except pymysql.Error:
+                pass
+        if process.poll() is not None:
+            raise RuntimeError(f"mariadbd exited: {(root / 'error.log').read_text()[-2000:]}")
+        time.sleep(0.1)
+    else:
+        process.kill()
+        raise RuntimeError("mariadbd did not start within 30 s")
+    user, database = "conveyor", "mlmd"
+    with admin.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE {database}")
+        cursor.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{PASSWORD}'")
+        cursor.execute(f"GRANT ALL ON {database}.* TO '{user}'@'%'")
+    admin.close()
+
+    def stop() -> None:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+    return MySQL(port, user, database), stop

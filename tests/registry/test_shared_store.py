@@ -1,5 +1,6 @@
-"""ML Metadata on a real PostgreSQL server on loopback: runs, a cached re-run and the registry commands
-on the shared store, the server's lock between two checkouts, and one clear line for every failure."""
+"""ML Metadata on real PostgreSQL and MariaDB (MySQL-compatible) servers on loopback: runs, a cached re-run
+and the registry commands on the shared store, the server's lock between two checkouts, and one clear
+line for every failure."""
 
 import io
 import os
@@ -17,14 +18,15 @@ from pipeline.runner import run_local
 from pipeline.store_lock import StoreLocked, store_lock
 from registry.lineage import open_store, pipeline_runs, run_executions
 from tests.conftest import PROJECT_ROOT
-from tests.servers import PASSWORD, PASSWORD_ENV, start_postgres
+from tests.servers import PASSWORD, PASSWORD_ENV, start_mysql, start_postgres
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    server, stop = start_postgres(Path(f"/tmp/conveyor-pg-{os.getpid()}"))
+@pytest.fixture(scope="module", params=["postgresql", "mysql"])
+def server(request):
+    start = start_postgres if request.param == "postgresql" else start_mysql
+    server, stop = start(Path(f"/tmp/conveyor-{request.param}-{os.getpid()}"))
     names = (PASSWORD_ENV, DEFAULT_PASSWORD_ENV)  # named by a config, and the one --metadata alone uses
     saved = {name: os.environ.get(name) for name in names}
     os.environ.update({name: PASSWORD for name in names})
@@ -38,12 +40,12 @@ def postgres(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pg_runs(postgres, e2e_config, tmp_path_factory):
-    """Two runs of the e2e pipeline with their registry in PostgreSQL: the first pushes, the second is cached."""
-    out = tmp_path_factory.mktemp("pg_out")
-    store = MetadataStore.parse(postgres.url(), PASSWORD_ENV)
+def pg_runs(server, e2e_config, tmp_path_factory):
+    """Two runs of the e2e pipeline with their registry on the server: the first pushes, the second is cached."""
+    out = tmp_path_factory.mktemp("shared_out")
+    store = MetadataStore.parse(server.url(), PASSWORD_ENV)
     config = e2e_config.replace(output=OutputConfig(**{**OutputConfig.under(out).__dict__, "metadata": store}))
-    logs = tmp_path_factory.mktemp("pg_logs")
+    logs = tmp_path_factory.mktemp("shared_logs")
     first = run_local(config, io.StringIO(), logs)
     second = run_local(config, io.StringIO(), logs)
     return config, out, first, second
@@ -63,9 +65,9 @@ def test_runs_write_their_registry_to_the_server_and_the_rerun_is_cached(pg_runs
     assert store.get_contexts_by_type("pipeline_run")[0].custom_properties["user"].string_value
 
 
-def test_registry_commands_read_the_shared_store(pg_runs, postgres, capsys):
+def test_registry_commands_read_the_shared_store(pg_runs, server, capsys):
     config, out, first, _ = pg_runs
-    args = ["--config", config.source, "--output-dir", str(out), "--metadata", postgres.url()]
+    args = ["--config", config.source, "--output-dir", str(out), "--metadata", server.url()]
     assert main(["models", "list", *args]) == 0
     listed = capsys.readouterr().out
     assert Path(first.summary.pushed_to).name in listed and "<- served" in listed
@@ -73,7 +75,7 @@ def test_registry_commands_read_the_shared_store(pg_runs, postgres, capsys):
     assert len([line for line in capsys.readouterr().out.splitlines() if "succeeded" in line]) == 2
 
 
-def test_a_second_checkout_is_refused_while_a_run_holds_the_servers_lock(pg_runs, postgres, tmp_path, capsys):
+def test_a_second_checkout_is_refused_while_a_run_holds_the_servers_lock(pg_runs, server, tmp_path, capsys):
     config, *_ = pg_runs
     with store_lock(config.output.store, config.name):
         with pytest.raises(StoreLocked) as err:
@@ -87,26 +89,27 @@ def test_a_second_checkout_is_refused_while_a_run_holds_the_servers_lock(pg_runs
                 "--output-dir",
                 str(tmp_path / "other"),
                 "--metadata",
-                postgres.url(),
+                server.url(),
                 "--data-root",
                 config.data_root,
             ]
         )
     assert code == 2
     message = capsys.readouterr().err
-    holder = f"conveyor run {config.name} (pid {os.getpid()}"
-    assert f"pipeline '{config.name}' is being run against {postgres.url()} by {holder}" in message
+    postgresql = server.url().startswith("postgresql")
+    holder = f"conveyor run {config.name} (pid {os.getpid()}" if postgresql else "connection "
+    assert f"pipeline '{config.name}' is being run against {server.url()} by {holder}" in message
     assert str(err.value) in message.replace("error: ", "")
     assert not (tmp_path / "other" / "pipeline_root").exists(), "nothing ran"
 
 
-def test_a_killed_run_releases_the_lock(pg_runs, postgres):
+def test_a_killed_run_releases_the_lock(pg_runs, server):
     config, *_ = pg_runs
     script = (
         "import sys, time\n"
         "from pipeline.metadata import MetadataStore\n"
         "from pipeline.store_lock import store_lock\n"
-        f"with store_lock(MetadataStore.parse({postgres.url()!r}, {PASSWORD_ENV!r}), {config.name!r}):\n"
+        f"with store_lock(MetadataStore.parse({server.url()!r}, {PASSWORD_ENV!r}), {config.name!r}):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(600)\n"
     )
@@ -130,49 +133,56 @@ def test_a_killed_run_releases_the_lock(pg_runs, postgres):
     pytest.fail("the lock of a killed run was not released")
 
 
-@pytest.mark.parametrize(
-    "url, password, words",
-    [
+BAD_STORES = {
+    "postgresql": [
         ("postgresql://conveyor@127.0.0.1:{port}/nodb", PASSWORD, 'database "nodb" does not exist'),
         ("postgresql://conveyor@127.0.0.1:{port}/mlmd", "wrong", "password authentication failed"),
         ("postgresql://conveyor@127.0.0.1:1/mlmd", PASSWORD, "Connection refused"),
         ("postgresql://conveyor:secret@127.0.0.1:{port}/mlmd", PASSWORD, "no password in the URL"),
     ],
-)
-def test_an_unusable_store_ends_in_one_line_before_anything_runs(
-    postgres, e2e_config, tmp_path, monkeypatch, url, password, words
-):
-    monkeypatch.setenv(PASSWORD_ENV, password)
-    monkeypatch.delenv(DEFAULT_PASSWORD_ENV)
-    url = url.format(port=postgres.port)
-    config_file = tmp_path / "config.yaml"
+    "mysql": [
+        # MySQL answers a database that does not exist with the user's missing grant on it.
+        ("mysql://conveyor@127.0.0.1:{port}/nodb", PASSWORD, "to database 'nodb'"),
+        ("mysql://conveyor@127.0.0.1:{port}/mlmd", "wrong", "Access denied for user 'conveyor'"),
+        ("mysql://conveyor@127.0.0.1:1/mlmd", PASSWORD, "Can't connect"),
+    ],
+}
+
+
+def test_an_unusable_store_ends_in_one_line_before_anything_runs(server, e2e_config, tmp_path):
     import yaml
 
+    config_file = tmp_path / "config.yaml"
     raw = yaml.safe_load(Path(e2e_config.source).read_text())
     raw["metadata"] = {"password_env": PASSWORD_ENV}
     raw["data"]["root"] = str(PROJECT_ROOT / "data" / "taxi")
     raw["schema"] = str(PROJECT_ROOT / "schema" / "taxi" / "schema.pbtxt")
     config_file.write_text(yaml.safe_dump(raw))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cli",
-            "run",
-            "--config",
-            str(config_file),
-            "--output-dir",
-            str(tmp_path / "out"),
-            "--metadata",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=PROJECT_ROOT,
-        timeout=300,
-    )
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], done.stderr
-    assert "secret" not in done.stderr and password not in done.stderr
-    assert not (tmp_path / "out" / "pipeline_root").exists()
+    for n, (url, password, words) in enumerate(BAD_STORES[server.url().split(":")[0]]):
+        env = {**os.environ, PASSWORD_ENV: password}
+        env.pop(DEFAULT_PASSWORD_ENV, None)
+        out = tmp_path / f"out{n}"
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "run",
+                "--config",
+                str(config_file),
+                "--output-dir",
+                str(out),
+                "--metadata",
+                url.format(port=server.port),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=PROJECT_ROOT,
+            timeout=300,
+            env=env,
+        )
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], done.stderr
+        assert "secret" not in done.stderr and password not in done.stderr
+        assert not (out / "pipeline_root").exists()
