@@ -80,7 +80,7 @@ def connect(store: MetadataStore) -> metadata_store.MetadataStore:
     if store.shared:
         _probe(store)
     try:
-        with _quiet_stderr(store.shared):
+        with quiet_stderr(store.shared):
             return metadata_store.MetadataStore(store.connection_config())
     except errors.StatusError as err:
         _fail(store, " ".join(str(err).split())[:300])
@@ -124,7 +124,7 @@ def _probe(store: MetadataStore) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_stderr(quiet: bool) -> Iterator[None]:
+def quiet_stderr(quiet: bool) -> Iterator[None]:
     """ml_metadata's server clients log every connection on fd 2 (glog); a command's output stays its own."""
     if not quiet:
         yield
@@ -140,6 +140,21 @@ def _quiet_stderr(quiet: bool) -> Iterator[None]:
             os.close(saved)
 
 
+# ML Metadata sets a node's times itself; a copied node keeps its original ones in these properties.
+CREATED_MS, UPDATED_MS = "conveyor_create_time_ms", "conveyor_update_time_ms"
+
+
+def created_ms(node) -> int:
+    """When an artifact, execution or context was recorded, in ms (its source store's time for a copy)."""
+    kept = node.custom_properties.get(CREATED_MS)
+    return int(kept.string_value) if kept is not None else node.create_time_since_epoch
+
+
+def updated_ms(node) -> int:
+    kept = node.custom_properties.get(UPDATED_MS)
+    return int(kept.string_value) if kept is not None else node.last_update_time_since_epoch
+
+
 def pipeline_runs(store: metadata_store.MetadataStore, pipeline_name: str) -> list[metadata_store_pb2.Context]:
     """This pipeline's runs, oldest first."""
     runs = []
@@ -147,7 +162,7 @@ def pipeline_runs(store: metadata_store.MetadataStore, pipeline_name: str) -> li
         parents = store.get_parent_contexts_by_context(context.id)
         if not parents or any(p.name == pipeline_name for p in parents):
             runs.append(context)
-    return sorted(runs, key=lambda c: (c.create_time_since_epoch, c.id))
+    return sorted(runs, key=lambda c: (created_ms(c), c.id))
 
 
 def _node_id(store: metadata_store.MetadataStore, execution_id: int, pipeline_name: str) -> str:

@@ -7,7 +7,7 @@ import json
 import os
 from typing import Any, Optional
 
-from registry.lineage import NodeExecution, custom_property, int_property
+from registry.lineage import NodeExecution, created_ms, custom_property, int_property, updated_ms
 from registry.summary import metric_label
 from registry.versions import VersionRecord
 
@@ -145,7 +145,7 @@ def describe(record: VersionRecord, config) -> list[str]:
     if ex:
         out.append("  components (UTC start - end, state):")
         for node_id, node in ex.items():
-            start, end = _ms(node.execution.create_time_since_epoch), _ms(node.execution.last_update_time_since_epoch)
+            start, end = _ms(created_ms(node.execution)), _ms(updated_ms(node.execution))
             out.append(f"    {node_id:<32} {start} - {end}  {_state(node_id, node.state)}")
     trainer = ex.get("Trainer")
     if trainer is not None:

@@ -21,6 +21,7 @@ from components.pusher.publish import list_versions, publish, write_models_confi
 from pipeline.metadata import MetadataStore
 from registry.lineage import (
     NodeExecution,
+    created_ms,
     custom_property,
     int_property,
     model_origin,
@@ -79,7 +80,7 @@ def versions(store: str | MetadataStore, pipeline_name: str, model_dir: str) -> 
         version = int(custom_property(artifact, "pushed_version"))
         rollback_of = int_property(artifact, "rollback_of")
         run = _run_of_artifact(store, artifact.id, runs)
-        record = VersionRecord(version, _time(artifact.create_time_since_epoch), destination, run.name if run else "")
+        record = VersionRecord(version, _time(created_ms(artifact)), destination, run.name if run else "")
         record.rollback_of = rollback_of
         if run is not None:
             record.executions = run_executions(store, run, pipeline_name)

@@ -4,6 +4,7 @@ line for every failure."""
 
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -186,3 +187,24 @@ def test_an_unusable_store_ends_in_one_line_before_anything_runs(server, e2e_con
         assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], done.stderr
         assert "secret" not in done.stderr and password not in done.stderr
         assert not (out / "pipeline_root").exists()
+
+
+def test_metadata_copy_brings_a_local_history_into_the_shared_store_once(two_runs, e2e_config, server, capsys):
+    """The e2e runs' SQLite registry copied into the server: the same versions and runs; again, nothing."""
+    source = f"sqlite://{e2e_config.output.metadata_path}"
+    target = server.url("mlmd")
+    assert main(["metadata", "copy", "--from", source, "--to", target]) == 0
+    first = capsys.readouterr().out
+    assert re.search(r"copied \d+ type\(s\), [1-9]\d* context\(s\), [1-9]\d* artifact\(s\), [1-9]\d* execution", first)
+    assert main(["metadata", "copy", "--from", source, "--to", target]) == 0
+    assert "copied 0 type(s), 0 context(s), 0 artifact(s), 0 execution(s), 0 event(s)" in capsys.readouterr().out
+    out = str(Path(e2e_config.output.metadata_path).parent)
+    args = ["--config", e2e_config.source, "--output-dir", out]
+    for command in (["models", "list"], ["runs", "list"]):
+        assert main([*command, *args]) == 0
+        local = capsys.readouterr().out
+        assert main([*command, *args, "--metadata", target]) == 0
+        shared = capsys.readouterr().out
+        # The server also holds this module's own runs of the pipeline; every local row must be there too.
+        local_rows = [line for line in local.splitlines() if line.strip()]
+        assert len(local_rows) >= 2 and all(row in shared.splitlines() for row in local_rows), (local, shared)
