@@ -16,6 +16,7 @@ from typing import Optional, TextIO
 
 from pipeline import speedups
 from pipeline.config import PipelineConfig
+from pipeline.metadata import MetadataUnavailable
 from pipeline.store_lock import store_lock
 
 _RUNNING = re.compile(r"^Component (\S+) is running\.$")
@@ -270,8 +271,22 @@ def run_local(config: PipelineConfig, progress_out: TextIO, log_dir: Optional[Pa
             LocalDagRunner().run(pipeline)
         except Exception as err:  # noqa: BLE001 - any component error ends the run; it is re-raised with context
             logging.exception("pipeline run failed")
+            if _is_metadata_error(err) and config.output.store.shared:
+                # The shared store went away (or refused a write): say so, not ml_metadata's bare words.
+                reason = " ".join(str(err).split())[:200]
+                err = MetadataUnavailable(
+                    f"lost ML Metadata at {config.output.store.shown} during the run ({reason}); the components "
+                    "that finished are recorded, and the next run continues from the cache"
+                )
             failed = ComponentFailed(progress.current or "pipeline", err, log_path)
-            record_provenance(config.output.store, config.name, config.source or "", (failed.node_id, str(err)))
+            try:
+                record_provenance(config.output.store, config.name, config.source or "", (failed.node_id, str(err)))
+            except MetadataUnavailable as lost:  # the store is gone: the error still reaches the user
+                logging.warning("provenance not recorded: %s", lost)
+            except Exception as lost:  # noqa: BLE001 - ml_metadata's errors while the server is down
+                if not _is_metadata_error(lost):
+                    raise
+                logging.warning("provenance not recorded: %s", lost)
             raise failed from err
         record_provenance(config.output.store, config.name, config.source or "")
         store = open_store(config.output.store)
@@ -280,6 +295,15 @@ def run_local(config: PipelineConfig, progress_out: TextIO, log_dir: Optional[Pa
         if summary.pushed_to:
             summary.card = _write_card(config, summary)
     return RunResult(summary, log_path)
+
+
+def _is_metadata_error(err: BaseException) -> bool:
+    """ml_metadata's own errors, and TFX's when it cannot connect (tfx/orchestration/metadata.py)."""
+    from ml_metadata import errors
+
+    if isinstance(err, errors.StatusError):
+        return True
+    return isinstance(err, RuntimeError) and "Failed to establish connection to Metadata storage" in str(err)
 
 
 def _write_card(config: PipelineConfig, summary) -> str:

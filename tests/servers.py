@@ -24,6 +24,18 @@ class Postgres:
     port: int
     user: str
     database: str
+    # pg_ctl with its data directory, and the user it runs as (None: this one), for stop / start.
+    pg_ctl: tuple[str, ...] = ()
+    options: str = ""
+    run_as: str | None = None
+
+    def halt(self) -> None:
+        """Stops the server at once, as a crash or a network cut looks to its clients."""
+        _as_server_user([*self.pg_ctl, "-m", "immediate", "stop"], self.run_as)
+
+    def resume(self) -> None:
+        log = Path(self.pg_ctl[-1]).parent / "log"  # beside the data directory, writable by the server's user
+        _as_server_user([*self.pg_ctl, "-l", str(log), "-o", self.options, "-w", "start"], self.run_as)
 
     def url(self, database: str | None = None) -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database or self.database}"
@@ -80,7 +92,7 @@ def start_postgres(root: Path) -> tuple[Postgres, callable]:
         subprocess.run([*prefix, *pg_ctl, "-m", "immediate", "stop"], capture_output=True, timeout=60)
         shutil.rmtree(root, ignore_errors=True)
 
-    return Postgres(port, user, database), stop
+    return Postgres(port, user, database, tuple(pg_ctl), options, run_as), stop
 
 
 @dataclass(frozen=True)

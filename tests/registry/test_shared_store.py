@@ -208,3 +208,52 @@ def test_metadata_copy_brings_a_local_history_into_the_shared_store_once(two_run
         # The server also holds this module's own runs of the pipeline; every local row must be there too.
         local_rows = [line for line in local.splitlines() if line.strip()]
         assert len(local_rows) >= 2 and all(row in shared.splitlines() for row in local_rows), (local, shared)
+
+
+def test_a_server_lost_mid_run_fails_that_run_clearly_and_the_next_run_resumes_from_cache(e2e_config, tmp_path):
+    """A PostgreSQL server of its own, halted while Transform runs: the run fails naming the store; once the
+    server is back, the next run reuses every component that had finished."""
+    import time
+
+    import yaml
+
+    server, stop = start_postgres(Path(f"/tmp/conveyor-pg-lost-{os.getpid()}"))
+    try:
+        raw = yaml.safe_load(Path(e2e_config.source).read_text())
+        raw["data"]["root"] = e2e_config.data_root
+        raw["schema"] = e2e_config.schema_path
+        raw["training"] = {"train_steps": 40, "eval_steps": 5}
+        config_file = tmp_path / "config.yaml"
+        config_file.write_text(yaml.safe_dump(raw))
+        command = [
+            sys.executable,
+            "-m",
+            "cli",
+            "run",
+            "--config",
+            str(config_file),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--metadata",
+            server.url(),
+        ]
+        env = {**os.environ, DEFAULT_PASSWORD_ENV: PASSWORD}
+        run = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stderr=subprocess.PIPE, text=True)
+        seen = ""
+        while "DataGate" not in seen or "Transform" not in seen.split("DataGate", 1)[1]:
+            line = run.stderr.readline()
+            assert line, f"the run ended before Transform started: {seen}"
+            seen += line
+            time.sleep(0.01)
+        server.halt()
+        _, rest = run.communicate(timeout=600)
+        assert run.returncode == 1, seen + rest
+        assert f"lost ML Metadata at {server.url()} during the run" in rest
+        assert "the next run continues from the cache" in rest
+        server.resume()
+        again = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert again.returncode == 0, again.stderr
+        for finished in ("CsvExampleGen", "StatisticsGen", "DataGate"):
+            assert re.search(rf"{finished}\s+from cache", again.stderr), again.stderr
+    finally:
+        stop()
