@@ -60,8 +60,7 @@ def store_lock(store: MetadataStore, pipeline_name: str) -> Iterator[None]:
             connect_timeout=10,
         )
     except psycopg2.Error as err:
-        reason = " ".join(str(err).split())[:300]
-        raise MetadataUnavailable(f"cannot lock ML Metadata at {store.shown}: {reason}") from None
+        raise _unreachable(store, err) from None
     connection.autocommit = True
     try:
         with connection.cursor() as cursor:
@@ -74,13 +73,22 @@ def store_lock(store: MetadataStore, pipeline_name: str) -> Iterator[None]:
                 )
                 row = cursor.fetchone()
                 holder = row[0] if row and row[0] else "another session"
-                raise StoreLocked(
-                    f"pipeline '{pipeline_name}' is being run against {store.shown} by {holder}; wait for that run "
-                    "to finish (a run that dies releases the lock)"
-                )
+                raise _refused(pipeline_name, store, holder)
         yield
     finally:
         connection.close()
+
+
+def _unreachable(store: MetadataStore, err: Exception) -> MetadataUnavailable:
+    reason = " ".join(str(err).split())[:300]
+    return MetadataUnavailable(f"cannot lock ML Metadata at {store.shown}: {reason}")
+
+
+def _refused(pipeline_name: str, store: MetadataStore, holder: str) -> StoreLocked:
+    return StoreLocked(
+        f"pipeline '{pipeline_name}' is being run against {store.shown} by {holder}; wait for that run "
+        "to finish (a run that dies releases the lock)"
+    )
 
 
 def _describe_me(pipeline_name: str) -> str:
@@ -106,8 +114,7 @@ def _mysql_lock(store: MetadataStore, pipeline_name: str) -> Iterator[None]:
             program_name=_describe_me(pipeline_name)[:60],
         )
     except pymysql.Error as err:
-        reason = " ".join(str(err).split())[:300]
-        raise MetadataUnavailable(f"cannot lock ML Metadata at {store.shown}: {reason}") from None
+        raise _unreachable(store, err) from None
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT GET_LOCK(%s, 0)", (name,))
@@ -118,10 +125,7 @@ def _mysql_lock(store: MetadataStore, pipeline_name: str) -> Iterator[None]:
                 )
                 row = cursor.fetchone()
                 holder = f"connection {row[0]} of {row[1]} from {row[2]}" if row else "another session"
-                raise StoreLocked(
-                    f"pipeline '{pipeline_name}' is being run against {store.shown} by {holder}; wait for that run "
-                    "to finish (a run that dies releases the lock)"
-                )
+                raise _refused(pipeline_name, store, holder)
         yield
     finally:
         connection.close()

@@ -150,32 +150,32 @@ BAD_STORES = {
 }
 
 
-def test_an_unusable_store_ends_in_one_line_before_anything_runs(server, e2e_config, tmp_path):
+def _run_command(e2e_config, tmp_path, out, url, **overrides) -> list[str]:
+    """`conveyor run` of the e2e pipeline from a config file of its own, on the store at `url`."""
     import yaml
 
-    config_file = tmp_path / "config.yaml"
     raw = yaml.safe_load(Path(e2e_config.source).read_text())
-    raw["metadata"] = {"password_env": PASSWORD_ENV}
-    raw["data"]["root"] = str(PROJECT_ROOT / "data" / "taxi")
-    raw["schema"] = str(PROJECT_ROOT / "schema" / "taxi" / "schema.pbtxt")
+    raw["data"]["root"] = e2e_config.data_root
+    raw["schema"] = e2e_config.schema_path
+    raw.update(overrides)
+    config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(raw))
+    return [sys.executable, "-m", "cli", "run", "--config", str(config_file), "--output-dir", str(out)] + [
+        "--metadata",
+        url,
+    ]
+
+
+def test_an_unusable_store_ends_in_one_line_before_anything_runs(server, e2e_config, tmp_path):
     for n, (url, password, words) in enumerate(BAD_STORES[server.url().split(":")[0]]):
         env = {**os.environ, PASSWORD_ENV: password}
         env.pop(DEFAULT_PASSWORD_ENV, None)
         out = tmp_path / f"out{n}"
+        command = _run_command(
+            e2e_config, tmp_path, out, url.format(port=server.port), metadata={"password_env": PASSWORD_ENV}
+        )
         done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "cli",
-                "run",
-                "--config",
-                str(config_file),
-                "--output-dir",
-                str(out),
-                "--metadata",
-                url.format(port=server.port),
-            ],
+            command,
             capture_output=True,
             text=True,
             cwd=PROJECT_ROOT,
@@ -215,28 +215,10 @@ def test_a_server_lost_mid_run_fails_that_run_clearly_and_the_next_run_resumes_f
     server is back, the next run reuses every component that had finished."""
     import time
 
-    import yaml
-
     server, stop = start_postgres(Path(f"/tmp/conveyor-pg-lost-{os.getpid()}"))
     try:
-        raw = yaml.safe_load(Path(e2e_config.source).read_text())
-        raw["data"]["root"] = e2e_config.data_root
-        raw["schema"] = e2e_config.schema_path
-        raw["training"] = {"train_steps": 40, "eval_steps": 5}
-        config_file = tmp_path / "config.yaml"
-        config_file.write_text(yaml.safe_dump(raw))
-        command = [
-            sys.executable,
-            "-m",
-            "cli",
-            "run",
-            "--config",
-            str(config_file),
-            "--output-dir",
-            str(tmp_path / "out"),
-            "--metadata",
-            server.url(),
-        ]
+        training = {"train_steps": 40, "eval_steps": 5}
+        command = _run_command(e2e_config, tmp_path, tmp_path / "out", server.url(), training=training)
         env = {**os.environ, DEFAULT_PASSWORD_ENV: PASSWORD}
         run = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stderr=subprocess.PIPE, text=True)
         seen = ""
