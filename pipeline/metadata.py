@@ -108,6 +108,49 @@ class MetadataStore:
             )
         return os.environ[self.password_env]
 
+    def unavailable(self, reason: str) -> MetadataUnavailable:
+        """The one error for a store that cannot be used: the URL without its password, why, what to do."""
+        reason = " ".join(str(reason).split())[:300]
+        return MetadataUnavailable(
+            f"cannot open ML Metadata at {self.shown}: {reason}; check that the server runs and the user, database "
+            "and password (metadata.password_env) are right (config key metadata.url or --metadata)"
+        )
+
+    def driver_connection(self, application: str = ""):
+        """A DB-API connection to the server through its own client library (psycopg2, PyMySQL), for what
+        ml_metadata does not offer: the run lock, and connection errors that say why.
+
+        Raises:
+          MetadataUnavailable: the server cannot be reached or refuses the user, password or database.
+        """
+        password = self.password()
+        try:
+            if self.kind == "postgresql":
+                import psycopg2
+
+                return psycopg2.connect(
+                    host=self.host,
+                    port=self.port,
+                    user=self.user,
+                    dbname=self.database,
+                    password=password or None,
+                    application_name=application[:63] or None,
+                    connect_timeout=10,
+                )
+            import pymysql
+
+            return pymysql.connect(
+                host=self.host,
+                port=self.port,
+                user=self.user,
+                database=self.database,
+                password=password,
+                program_name=application[:60] or None,
+                connect_timeout=10,
+            )
+        except Exception as err:  # noqa: BLE001 - each driver has its own error classes; all mean "cannot open"
+            raise self.unavailable(str(err)) from None
+
     def connection_config(self):
         """The ml_metadata ConnectionConfig for this store."""
         from ml_metadata.proto import metadata_store_pb2
@@ -117,7 +160,7 @@ class MetadataStore:
             config.sqlite.filename_uri = self.path
             config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
         elif self.kind == "postgresql":
-            fix_postgresql()
+            mend_server_clients()
             pg = config.postgresql
             pg.host, pg.port, pg.user, pg.dbname = self.host, str(self.port), self.user, self.database
             pg.skip_db_creation = True  # a mistyped database name must not start an empty registry
@@ -125,7 +168,7 @@ class MetadataStore:
             if password:
                 pg.password = password
         else:
-            fix_postgresql()  # the row-order mend applies to every server; the backslash one to PostgreSQL only
+            mend_server_clients()
             my = config.mysql
             my.host, my.port, my.user, my.database = self.host, self.port, self.user, self.database
             my.skip_db_creation = True
@@ -136,7 +179,8 @@ class MetadataStore:
 
 
 # Two faults of ML Metadata 1.16's PostgreSQL backend, found running TFX on it here, mended in this
-# process for every ML Metadata client (TFX's included) when a PostgreSQL store is opened:
+# process for every ML Metadata client (TFX's included) when a server store is opened (the row order
+# for MySQL too, where no fault was seen but SQL gives no order either):
 #
 # 1. Get*ByID returns rows in the server's order, not the ids' (SQLite returns them in id order). TFX's
 #    cache publishes a cached execution's outputs by position, so a cached Transform recorded its
@@ -192,8 +236,8 @@ def _in_requested_order(request, response, ids_field: str, rows_field: str) -> N
     getattr(response, rows_field).extend(copies)
 
 
-def fix_postgresql() -> None:
-    """Installs both mends for PostgreSQL stores (idempotent); called when one is opened."""
+def mend_server_clients() -> None:
+    """Installs both mends for server stores (idempotent); called when one is opened."""
     from ml_metadata.metadata_store import metadata_store
 
     cls = metadata_store.MetadataStore

@@ -281,10 +281,8 @@ def run_local(config: PipelineConfig, progress_out: TextIO, log_dir: Optional[Pa
             failed = ComponentFailed(progress.current or "pipeline", err, log_path)
             try:
                 record_provenance(config.output.store, config.name, config.source or "", (failed.node_id, str(err)))
-            except MetadataUnavailable as lost:  # the store is gone: the error still reaches the user
-                logging.warning("provenance not recorded: %s", lost)
-            except Exception as lost:  # noqa: BLE001 - ml_metadata's errors while the server is down
-                if not _is_metadata_error(lost):
+            except Exception as lost:  # noqa: BLE001 - the store is gone: the run's error still reaches the user
+                if not (isinstance(lost, MetadataUnavailable) or _is_metadata_error(lost)):
                     raise
                 logging.warning("provenance not recorded: %s", lost)
             raise failed from err

@@ -18,7 +18,7 @@ import time
 import zlib
 from collections.abc import Iterator
 
-from pipeline.metadata import MetadataStore, MetadataUnavailable
+from pipeline.metadata import MetadataStore
 
 
 class StoreLocked(RuntimeError):
@@ -46,21 +46,7 @@ def store_lock(store: MetadataStore, pipeline_name: str) -> Iterator[None]:
         with _mysql_lock(store, pipeline_name):
             yield
         return
-    import psycopg2
-
-    me = _describe_me(pipeline_name)[:63]
-    try:
-        connection = psycopg2.connect(
-            host=store.host,
-            port=store.port,
-            user=store.user,
-            dbname=store.database,
-            password=store.password() or None,
-            application_name=me,
-            connect_timeout=10,
-        )
-    except psycopg2.Error as err:
-        raise _unreachable(store, err) from None
+    connection = store.driver_connection(_describe_me(pipeline_name))
     connection.autocommit = True
     try:
         with connection.cursor() as cursor:
@@ -79,11 +65,6 @@ def store_lock(store: MetadataStore, pipeline_name: str) -> Iterator[None]:
         connection.close()
 
 
-def _unreachable(store: MetadataStore, err: Exception) -> MetadataUnavailable:
-    reason = " ".join(str(err).split())[:300]
-    return MetadataUnavailable(f"cannot lock ML Metadata at {store.shown}: {reason}")
-
-
 def _refused(pipeline_name: str, store: MetadataStore, holder: str) -> StoreLocked:
     return StoreLocked(
         f"pipeline '{pipeline_name}' is being run against {store.shown} by {holder}; wait for that run "
@@ -100,21 +81,8 @@ def _describe_me(pipeline_name: str) -> str:
 
 @contextlib.contextmanager
 def _mysql_lock(store: MetadataStore, pipeline_name: str) -> Iterator[None]:
-    import pymysql
-
     name = f"conveyor:{pipeline_name}"[:64]
-    try:
-        connection = pymysql.connect(
-            host=store.host,
-            port=store.port,
-            user=store.user,
-            database=store.database,
-            password=store.password(),
-            connect_timeout=10,
-            program_name=_describe_me(pipeline_name)[:60],
-        )
-    except pymysql.Error as err:
-        raise _unreachable(store, err) from None
+    connection = store.driver_connection(_describe_me(pipeline_name))
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT GET_LOCK(%s, 0)", (name,))

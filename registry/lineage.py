@@ -13,7 +13,7 @@ from typing import Optional
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from pipeline.metadata import MetadataStore, MetadataUnavailable
+from pipeline.metadata import MetadataStore
 
 PIPELINE_RUN = "pipeline_run"
 
@@ -77,50 +77,13 @@ def connect(store: MetadataStore) -> metadata_store.MetadataStore:
     """
     from ml_metadata import errors
 
-    if store.shared:
-        _probe(store)
+    if store.shared:  # the driver's errors say why; ml_metadata's say only "metadata source error"
+        store.driver_connection().close()
     try:
         with quiet_stderr(store.shared):
             return metadata_store.MetadataStore(store.connection_config())
     except errors.StatusError as err:
-        _fail(store, " ".join(str(err).split())[:300])
-
-
-def _fail(store: MetadataStore, reason: str):
-    raise MetadataUnavailable(
-        f"cannot open ML Metadata at {store.shown}: {reason}; check that the server runs and the user, database "
-        "and password (metadata.password_env) are right (config key metadata.url or --metadata)"
-    )
-
-
-def _probe(store: MetadataStore) -> None:
-    """Connects once with the server's client library, for an error message that says why."""
-    password = store.password() or None
-    try:
-        if store.kind == "postgresql":
-            import psycopg2
-
-            psycopg2.connect(
-                host=store.host,
-                port=store.port,
-                user=store.user,
-                dbname=store.database,
-                password=password,
-                connect_timeout=10,
-            ).close()
-        else:
-            import pymysql
-
-            pymysql.connect(
-                host=store.host,
-                port=store.port,
-                user=store.user,
-                database=store.database,
-                password=password or "",
-                connect_timeout=10,
-            ).close()
-    except Exception as err:  # noqa: BLE001 - each driver has its own error classes; all mean "cannot open"
-        _fail(store, " ".join(str(err).split())[:300])
+        raise store.unavailable(str(err)) from None
 
 
 @contextlib.contextmanager
