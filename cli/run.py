@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -17,6 +18,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--output-dir", default="output", help="artifacts, ML Metadata, logs and serving models")
     run.add_argument("--span", type=int, default=None, help="run on data-root/span-N/ (default: the newest span)")
     add_metadata(run)
+    run.add_argument(
+        "--lock-wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="wait up to SECONDS for another run of this pipeline on the shared store, then refuse "
+        "(default: the config's metadata.lock_wait, else 0: refuse at once)",
+    )
     run.set_defaults(func=cmd_run)
 
 
@@ -45,6 +54,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if args.lock_wait is not None:
+        if args.lock_wait < 0:
+            print(f"error: --lock-wait must be at least 0 seconds, got {args.lock_wait:g}", file=sys.stderr)
+            return EXIT_USAGE
+        config = config.replace(output=dataclasses.replace(config.output, lock_wait=args.lock_wait))
     if config.output.store.shared:
         try:  # before any component runs: an unreachable store fails in one line, not inside TFX
             connect(config.output.store)

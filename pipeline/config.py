@@ -126,6 +126,9 @@ class OutputConfig:
     metadata_path: Optional[str] = None
     # A shared store (config `metadata:` or `--metadata`), used instead of metadata_path when set.
     metadata: Optional[MetadataStore] = None
+    # Seconds a run waits for another run of the pipeline holding the shared store's lock before it is
+    # refused (metadata.lock_wait, `conveyor run --lock-wait`); 0 refuses at once.
+    lock_wait: float = 0.0
 
     @property
     def store(self) -> Optional[MetadataStore]:
@@ -423,7 +426,7 @@ _TOP_KEYS = {
 
 def _parse_metadata(raw: Mapping[str, Any], override: Optional[str]) -> Optional[MetadataStore]:
     """The `metadata:` section ({url, password_env}); `override` (--metadata) wins over its url."""
-    _check_keys(raw, {"url", "password_env"}, set(), "metadata.")
+    _check_keys(raw, {"url", "password_env", "lock_wait"}, set(), "metadata.")
     url = override or (_typed(raw["url"], str, "metadata.url") if raw.get("url") else None)
     password_env = _typed(raw.get("password_env", "") or "", str, "metadata.password_env")
     if password_env and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", password_env):
@@ -512,7 +515,11 @@ def parse_config(
             schema_path=str(schema_path.resolve()),
             features=features,
             model_name=model_name,
-            output=dataclasses.replace(output, metadata=_parse_metadata(raw.get("metadata", {}) or {}, metadata)),
+            output=dataclasses.replace(
+                output,
+                metadata=_parse_metadata(raw.get("metadata", {}) or {}, metadata),
+                lock_wait=_positive((raw.get("metadata") or {}).get("lock_wait", 0), "metadata.lock_wait", float, 0.0),
+            ),
             keep_versions=keep_versions,
             serving_data_root=str(serving_root.resolve()) if serving_root else None,
             span_pattern=SPAN_PATTERN if spans else None,

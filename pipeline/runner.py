@@ -255,7 +255,7 @@ def run_local(config: PipelineConfig, progress_out: TextIO, log_dir: Optional[Pa
     log_path = log_dir / f"run-{time.strftime('%Y%m%d-%H%M%S')}.log"
     with (
         output_lock(output_dir),
-        store_lock(config.output.store, config.name),
+        store_lock(config.output.store, config.name, config.output.lock_wait, progress_out),
         _logs_to_file(log_path, progress_out) as progress,
     ):
         from tfx.orchestration.local.local_dag_runner import LocalDagRunner
