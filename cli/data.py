@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cli.options import EXIT_OK, EXIT_USAGE, add_config
+from cli.options import EXIT_OK, EXIT_USAGE, add_config, add_metadata
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +38,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         p = schema.add_parser(name, help=text)
         add_config(p)
         p.add_argument("--data-root", default=None, help="data to compare (default: the config's data.root)")
+        p.add_argument(
+            "--run",
+            nargs="?",
+            const="latest",
+            default=None,
+            metavar="RUN_ID",
+            help="compare a pipeline run's training statistics instead of data (no RUN_ID: the latest run); "
+            "the review log names the run that made them and its store",
+        )
+        p.add_argument("--output-dir", default="output", help="with --run: the run's output directory")
+        add_metadata(p)
         p.set_defaults(func=func)
     schema.choices["diff"].add_argument(
         "--report-dir", default="output/schema_review", help="where the Markdown and HTML reports go"
@@ -50,7 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _load(args: argparse.Namespace):
     from pipeline.config import load_config
 
-    return load_config(args.config, data_root=getattr(args, "data_root", None))
+    return load_config(
+        args.config,
+        output_dir=getattr(args, "output_dir", "output"),
+        data_root=getattr(args, "data_root", None),
+        metadata=getattr(args, "metadata", None),
+    )
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -94,23 +110,56 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def _schema_diff(args: argparse.Namespace):
+    """The config, the diff, its anomaly lines and, with --run, the run that made the statistics."""
     from pipeline.config import ConfigError
+    from pipeline.metadata import MetadataUnavailable
     from schema import review
     from schema.check import DataReadError
 
+    if args.run and args.data_root:
+        print("error: --run compares a run's statistics and --data-root a directory's data: pass one", file=sys.stderr)
+        return None, None, None, None
     try:
         config = _load(args)
+        if args.run:
+            return (config, *_run_diff(config, args.run))
         result, anomalies = review.diff(config.data_root, config.schema_path, config.beam_args)
-    except (ConfigError, DataReadError) as err:
+    except (ConfigError, DataReadError, LookupError, MetadataUnavailable, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return None, None, None
-    return config, result, anomalies
+        return None, None, None, None
+    return config, result, anomalies, None
+
+
+def _run_diff(config, run_id: str):
+    """The diff of a run's training statistics, read where StatisticsGen wrote them, and the review log's
+    record of the run that made them (a cached run's are an earlier run's)."""
+    import tensorflow as tf
+    import tensorflow_data_validation as tfdv
+
+    from registry.lineage import format_spans, open_store
+    from registry.statistics import run_statistics
+    from schema import review
+
+    found = run_statistics(open_store(config.output.store), config.name, None if run_id == "latest" else run_id)
+    if not tf.io.gfile.exists(found.path):
+        raise LookupError(
+            f"run {found.run}'s statistics are not readable from here: {found.path} (every checkout sharing "
+            "a store needs the runs' pipeline_root at the same path: a mounted path, gs:// or s3://)"
+        )
+    stats = tfdv.load_stats_binary(found.path)
+    rows = sum(d.num_examples for d in stats.datasets)
+    data = f"{found.path} (run {found.run}, {format_spans(list(found.spans))})"
+    result, anomalies = review.diff_statistics(stats, config.schema_path, data, rows)
+    run = {"id": found.run, "store": config.output.store.shown, "statistics": found.uri, "spans": list(found.spans)}
+    if found.used_by != found.run:
+        run["reused_by"] = found.used_by
+    return result, anomalies, run
 
 
 def cmd_schema_diff(args: argparse.Namespace) -> int:
     from schema import review
 
-    config, result, anomalies = _schema_diff(args)
+    config, result, anomalies, _ = _schema_diff(args)
     if config is None:
         return EXIT_USAGE
     report_dir = Path(args.report_dir)
@@ -121,11 +170,11 @@ def cmd_schema_diff(args: argparse.Namespace) -> int:
     page.write_text(review.html_report(result, config.schema_path, anomalies), encoding="utf-8")
     facets.write_text(review.facets_report(result), encoding="utf-8")
     if result.changes:
-        print(f"{len(result.changes)} difference(s) between {config.data_root} and {config.schema_path}:")
+        print(f"{len(result.changes)} difference(s) between {result.data} and {config.schema_path}:")
         for change in result.changes:
             print(f"  {change.line()}")
     else:
-        print(f"no differences: {config.data_root} matches {config.schema_path}")
+        print(f"no differences: {result.data} matches {config.schema_path}")
     print(f"  reports: {md} (for a pull request), {page} (statistics; opens offline)")
     print(f"           {facets} (TFDV's interactive Facets view; loads Facets' scripts from the web)")
     return EXIT_OK
@@ -134,11 +183,11 @@ def cmd_schema_diff(args: argparse.Namespace) -> int:
 def cmd_schema_approve(args: argparse.Namespace) -> int:
     from schema import review
 
-    config, result, _ = _schema_diff(args)
+    config, result, _, run = _schema_diff(args)
     if config is None:
         return EXIT_USAGE
     if not result.changes:
-        print(f"nothing to approve: {config.data_root} matches {config.schema_path}")
+        print(f"nothing to approve: {result.data} matches {config.schema_path}")
         return EXIT_OK
     header, curated = review.read_schema(config.schema_path)
     before = Path(config.schema_path).read_text(encoding="utf-8")
@@ -150,7 +199,9 @@ def cmd_schema_approve(args: argparse.Namespace) -> int:
     review.write_schema(config.schema_path, header, updated)
     after = Path(config.schema_path).read_text(encoding="utf-8")
     log = Path(config.schema_path).parent / review.REVIEW_LOG
-    entry = review.record_review(log, result, accepted, before, after)
+    entry = review.record_review(log, result, accepted, before, after, run)
     print(f"approved {len(accepted)} change(s) to {', '.join(entry['features'])} in {config.schema_path}")
     print(f"  review logged in {log} (by {entry['approved_by']})")
+    if run is not None:
+        print(f"  statistics made by run {run['id']} in {run['store']}")
     return EXIT_OK

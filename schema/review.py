@@ -14,7 +14,7 @@ import hashlib
 import html
 import json
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -320,9 +320,27 @@ def _who() -> str:
 
 
 def record_review(
-    log_path: Path, diff: SchemaDiff, accepted: Sequence[Change], schema_before: str, schema_after: str
+    log_path: Path,
+    diff: SchemaDiff,
+    accepted: Sequence[Change],
+    schema_before: str,
+    schema_after: str,
+    run: Optional[Mapping[str, object]] = None,
 ) -> dict:
-    """Appends one JSON line to the review log: who, when, which changes, from which data and statistics."""
+    """Appends one JSON line to the review log: who, when, which changes, from which data and statistics.
+
+    Args:
+      log_path: the review log beside the curated schema.
+      diff: what was compared, with its statistics.
+      accepted: the changes written into the schema.
+      schema_before: the curated file's text before the approval.
+      schema_after: its text after.
+      run: when the statistics came from a pipeline run: its id (the pipeline_run context name) and
+        the ML Metadata store it is recorded in (the URL without a password), under "run".
+
+    Returns:
+      The entry as written.
+    """
     entry = {
         "approved_by": _who(),
         "approved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -334,6 +352,8 @@ def record_review(
         "features": sorted({c.feature for c in accepted}),
         "changes": [asdict(c) for c in accepted],
     }
+    if run is not None:
+        entry["run"] = dict(run)
     with open(log_path, "a", encoding="utf-8") as f:
         f.write(json.dumps(entry, sort_keys=True) + "\n")
     return entry
@@ -455,15 +475,32 @@ def diff(data_path: str | Path, schema_path: str | Path, beam_args: Sequence[str
     Raises:
       DataReadError: the data cannot be read.
     """
-    import tensorflow_data_validation as tfdv
-
-    from components.data_gate.anomalies import from_proto
     from schema.check import csv_statistics, read_csv_input
 
     csv_input = read_csv_input(data_path)
-    stats = csv_statistics(csv_input, beam_args)
+    return diff_statistics(csv_statistics(csv_input, beam_args), schema_path, str(data_path), csv_input.rows)
+
+
+def diff_statistics(
+    stats: statistics_pb2.DatasetFeatureStatisticsList, schema_path: str | Path, data: str, rows: int
+) -> tuple[SchemaDiff, list[str]]:
+    """The schema inferred from statistics already computed (a pipeline run's), and the differences.
+
+    Args:
+      stats: TFDV statistics of one dataset.
+      schema_path: the curated schema.
+      data: what the statistics describe, for the reports and the review log.
+      rows: how many rows they count.
+
+    Returns:
+      The diff and the anomaly lines of the data against the curated schema.
+    """
+    import tensorflow_data_validation as tfdv
+
+    from components.data_gate.anomalies import from_proto
+
     inferred = tfdv.infer_schema(stats, infer_feature_shape=True)
     _, curated = read_schema(schema_path)
     changes = compare(curated, inferred, stats)
     anomalies = [a.line() for a in from_proto("data", tfdv.validate_statistics(stats, curated, environment="TRAINING"))]
-    return SchemaDiff(changes, inferred, stats, str(data_path), csv_input.rows), anomalies
+    return SchemaDiff(changes, inferred, stats, data, rows), anomalies

@@ -1,24 +1,31 @@
 """ML Metadata on real PostgreSQL and MariaDB (MySQL-compatible) servers on loopback: runs, a cached re-run
-and the registry commands on the shared store, the server's lock between two checkouts, and one clear
-line for every failure."""
+and the registry commands on the shared store, `schema approve` of a run's statistics, the server's lock
+between two checkouts (refused or waited for), two runs started at once, warm start across two spans, and
+one clear line for every failure."""
 
+import dataclasses
 import io
+import json
 import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from cli.main import main
 from components.pusher.publish import list_versions
-from pipeline.config import OutputConfig
+from pipeline.config import SPAN_PATTERN, ConfigError, OutputConfig, load_config
 from pipeline.metadata import DEFAULT_PASSWORD_ENV, MetadataStore
 from pipeline.runner import run_local
 from pipeline.store_lock import StoreLocked, store_lock
-from registry.lineage import open_store, pipeline_runs, run_executions
-from tests.conftest import PROJECT_ROOT
+from registry.lineage import created_ms, int_property, open_store, pipeline_runs, run_executions, updated_ms
+from registry.runs import run_status
+from schema.review import read_schema, write_schema
+from tests.conftest import PROJECT_ROOT, TAXI_CONFIG, sample_taxi_rows, write_csv
 from tests.servers import PASSWORD, PASSWORD_ENV, start_mysql, start_postgres
 
 pytestmark = pytest.mark.e2e
@@ -41,11 +48,26 @@ def server(request):
 
 
 @pytest.fixture(scope="module")
-def pg_runs(server, e2e_config, tmp_path_factory):
-    """Two runs of the e2e pipeline with their registry on the server: the first pushes, the second is cached."""
+def spans_root(e2e_config, tmp_path_factory):
+    """The e2e data as span 1, and another 400 real trips as span 2 (for the runs that follow on the server)."""
+    root = tmp_path_factory.mktemp("shared_spans")
+    write_csv(root / "span-1" / "data.csv", *sample_taxi_rows(400))
+    write_csv(root / "span-2" / "data.csv", *sample_taxi_rows(400, seed=11))
+    return root
+
+
+@pytest.fixture(scope="module")
+def pg_runs(server, e2e_config, spans_root, tmp_path_factory):
+    """Two runs of the e2e pipeline on span 1 with their registry on the server: the first pushes, the
+    second is cached."""
     out = tmp_path_factory.mktemp("shared_out")
     store = MetadataStore.parse(server.url(), PASSWORD_ENV)
-    config = e2e_config.replace(output=OutputConfig(**{**OutputConfig.under(out).__dict__, "metadata": store}))
+    config = e2e_config.replace(
+        output=OutputConfig(**{**OutputConfig.under(out).__dict__, "metadata": store}),
+        data_root=str(spans_root),
+        span_pattern=SPAN_PATTERN,
+        span=1,
+    )
     logs = tmp_path_factory.mktemp("shared_logs")
     first = run_local(config, io.StringIO(), logs)
     second = run_local(config, io.StringIO(), logs)
@@ -132,6 +154,190 @@ def test_a_killed_run_releases_the_lock(pg_runs, server):
 
             time.sleep(0.1)
     pytest.fail("the lock of a killed run was not released")
+
+
+def _hold_lock(store: MetadataStore, pipeline_name: str, seconds: float) -> threading.Event:
+    """Holds the store's lock in a thread for `seconds`, as a running checkout does; set once it is held."""
+    held = threading.Event()
+
+    def hold() -> None:
+        with store_lock(store, pipeline_name):
+            held.set()
+            time.sleep(seconds)
+
+    threading.Thread(target=hold, daemon=True).start()
+    assert held.wait(30), "the holder never took the lock"
+    return held
+
+
+def _holder_words(server) -> str:
+    """How a waiting run names this process as the holder (MySQL names the connection, not the process)."""
+    return f"conveyor run lock-test (pid {os.getpid()}" if server.url().startswith("postgresql") else "connection "
+
+
+def test_a_run_set_to_wait_says_whom_it_waits_for_and_takes_the_lock_once_it_is_free(server):
+    store = MetadataStore.parse(server.url(), PASSWORD_ENV)
+    _hold_lock(store, "lock-test", 2.0)
+    said, start = io.StringIO(), time.monotonic()
+    with store_lock(store, "lock-test", wait=60, progress=said):
+        waited = time.monotonic() - start
+    assert 1.0 < waited < 30, waited
+    lines = said.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    assert f"waiting up to 60s for pipeline 'lock-test' on {server.url()}: it is being run by " in lines[0]
+    assert _holder_words(server) in lines[0]
+
+
+def test_a_run_that_waited_in_vain_is_refused_naming_the_holder(server):
+    store = MetadataStore.parse(server.url(), PASSWORD_ENV)
+    _hold_lock(store, "lock-test", 6.0)
+    said, start = io.StringIO(), time.monotonic()
+    with pytest.raises(StoreLocked) as err:
+        with store_lock(store, "lock-test", wait=1.5, progress=said):
+            pytest.fail("took a lock that another run holds")
+    assert 1.4 < time.monotonic() - start < 5
+    message = str(err.value)
+    assert f"pipeline 'lock-test' is being run against {server.url()} by {_holder_words(server)}" in message
+    assert "(still, after waiting 1.5s)" in message and "metadata.lock_wait" in message
+    assert "waiting up to 1.5s" in said.getvalue()
+
+
+def test_the_lock_wait_comes_from_the_metadata_section_and_a_bad_value_names_the_key(tmp_path):
+    import yaml
+
+    raw = yaml.safe_load(TAXI_CONFIG.read_text())
+    raw["schema"] = str(TAXI_CONFIG.parent.parent / "schema" / "taxi" / "schema.pbtxt")
+    raw["data"]["root"] = str(TAXI_CONFIG.parent.parent / "data" / "taxi")
+    for value, expected in ((90, 90.0), (None, 0.0), (-1, "config key 'metadata.lock_wait': must be at least 0.0")):
+        raw["metadata"] = {} if value is None else {"lock_wait": value}
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        if isinstance(expected, str):
+            with pytest.raises(ConfigError, match=re.escape(expected)):
+                load_config(path)
+        else:
+            assert load_config(path).output.lock_wait == expected
+
+
+def test_schema_approve_of_a_runs_statistics_logs_the_run_that_made_them(pg_runs, server, tmp_path, capsys):
+    """Approving from the latest run (cached: its statistics are the first run's) and from a run by id;
+    each review-log entry names the run that computed the statistics and the store, without a password."""
+    import yaml
+
+    config, out, *_ = pg_runs
+    header, curated = read_schema(config.schema_path)
+    kept = [f for f in curated.feature if f.name not in ("tips", "company")]
+    del curated.feature[:]
+    curated.feature.extend(kept)
+    schema = tmp_path / "schema.pbtxt"
+    write_schema(schema, header, curated)
+    raw = yaml.safe_load(TAXI_CONFIG.read_text())
+    raw["data"]["root"], raw["schema"] = config.data_root, str(schema)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(raw))
+    runs = pipeline_runs(open_store(config.output.store), config.name)
+    first, latest = runs[0].name, runs[-1].name
+    args = ["--config", str(config_file), "--output-dir", str(out), "--metadata", server.url()]
+    assert main(["schema", "approve", *args, "--run", "--feature", "tips"]) == 0
+    assert f"statistics made by run {first} in {server.url()}" in capsys.readouterr().out
+    assert main(["schema", "approve", *args, "--run", first, "--feature", "company"]) == 0
+    capsys.readouterr()
+    entries = [json.loads(line) for line in (tmp_path / "reviews.jsonl").read_text().splitlines()]
+    assert [e["features"] for e in entries] == [["tips"], ["company"]]
+    statistics = run_executions(open_store(config.output.store), runs[0], config.name)["StatisticsGen"]
+    made = {"id": first, "store": server.url(), "statistics": statistics.output("statistics").uri, "spans": [1]}
+    assert entries[0]["run"] == {**made, "reused_by": latest} and latest != first
+    assert entries[1]["run"] == made
+    assert entries[0]["rows"] > 200
+    assert entries[0]["data"].endswith(f"Split-train/FeatureStats.pb (run {first}, span 1)")
+    assert {"tips", "company"} <= {f.name for f in read_schema(schema)[1].feature}
+    assert main(["schema", "approve", *args, "--run", "no-such-run"]) == 2
+    assert f"pipeline '{config.name}' has no run 'no-such-run'" in capsys.readouterr().err
+
+
+def _small_config_keys(e2e_config) -> dict:
+    """e2e_config's smallest set-up (five features, 40 steps, thresholds a tiny model meets) as config keys."""
+    evaluation = e2e_config.evaluation
+    return {
+        "features": [dataclasses.asdict(f) for f in e2e_config.features],
+        "training": dataclasses.asdict(e2e_config.training),
+        "evaluation": {
+            "metrics": list(evaluation.metrics),
+            "slices": [list(s) for s in evaluation.slices],
+            "thresholds": [
+                {k: v for k, v in dataclasses.asdict(t).items() if v is not None} for t in evaluation.thresholds
+            ],
+        },
+    }
+
+
+@pytest.mark.parametrize("server", ["postgresql"], indirect=True)
+def test_two_checkouts_started_at_once_take_turns_and_span_two_warm_starts_from_span_one(
+    pg_runs, server, e2e_config, tmp_path, capsys
+):
+    """Two `conveyor run`s of span 2 from two output directories, started together on one PostgreSQL store
+    (one told to wait by metadata.lock_wait, the other by --lock-wait): one runs while the other waits,
+    never interleaving; the first trains, warm-started from span 1's model, and pushes; the second is
+    served from the cache; the registry holds both runs, complete."""
+    config, _, first, _ = pg_runs
+    store = open_store(config.output.store)
+    span_one = run_executions(store, pipeline_runs(store, config.name)[0], config.name)
+    span_one_model = span_one["Trainer"].output("model")
+    before = len(pipeline_runs(store, config.name))
+    checkouts, commands = [tmp_path / "a", tmp_path / "b"], []
+    for n, checkout in enumerate(checkouts):
+        checkout.mkdir()
+        keys = _small_config_keys(e2e_config) | {"metadata": {"lock_wait": 600} if n == 0 else {}}
+        command = _run_command(config, checkout, checkout / "out", server.url(), **keys)
+        commands.append(command + (["--lock-wait", "600"] if n == 1 else []))
+    start = time.monotonic()
+    logs = [open(checkout / "stderr.txt", "w+", encoding="utf-8") for checkout in checkouts]
+    processes = [
+        subprocess.Popen(c, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        for c, log in zip(commands, logs, strict=True)
+    ]
+    codes = [p.wait(timeout=900) for p in processes]
+    print(f"two concurrent runs took {time.monotonic() - start:.0f}s", file=sys.stderr)
+    said = []
+    for log in logs:
+        log.seek(0)
+        said.append(log.read())
+        log.close()
+    assert codes == [0, 0], said
+    waiting = [n for n, text in enumerate(said) if "waiting up to 600s for pipeline" in text]
+    assert len(waiting) == 1, said
+    waiter, runner = waiting[0], 1 - waiting[0]
+    assert f"it is being run by conveyor run {config.name} (pid {processes[runner].pid} " in said[waiter]
+
+    store = open_store(config.output.store)
+    runs = pipeline_runs(store, config.name)
+    assert len(runs) == before + 2
+    executions = [run_executions(store, run, config.name) for run in runs[-2:]]
+    ran, waited = executions
+    for run in executions:
+        assert run_status(run)[0] == "succeeded"
+        assert not [n for n, e in run.items() if e.state in ("running", "new")], "half-written executions"
+    # Turns, not interleaving: the waiting run recorded nothing before the first run's last record.
+    assert max(updated_ms(e.execution) for e in ran.values()) <= min(created_ms(e.execution) for e in waited.values())
+    assert ran["Trainer"].state == "complete" and waited["Trainer"].state == "cached"
+    assert [m.id for m in ran["Trainer"].inputs["base_model"]] == [span_one_model.id], "warm start from span 1"
+    assert [int_property(e, "span") for e in ran["CsvExampleGen"].outputs["examples"]] == [2]
+    assert [int_property(e, "span") for e in span_one["CsvExampleGen"].outputs["examples"]] == [1]
+    pushes = [e for run in executions for n, e in run.items() if n.endswith("Pusher") and e.state == "complete"]
+    assert pushes and all(len(e.inputs["model"]) == 1 for e in pushes), "each push has one model"
+    assert {m.id for e in pushes for m in e.inputs["model"]} == {ran["Trainer"].output("model").id}
+    pushed = list_versions(checkouts[runner] / "out" / "serving_model" / config.model_name)
+    assert len(pushed) == 1 and pushed[0] > int(Path(first.summary.pushed_to).name)
+
+    args = ["--config", config.source, "--output-dir", str(checkouts[runner] / "out"), "--metadata", server.url()]
+    assert main(["runs", "list", *args]) == 0
+    listed = capsys.readouterr().out
+    assert all(run.name in listed for run in runs) and listed.count("succeeded") == len(runs), listed
+    assert f"pushed version {pushed[0]}" in listed
+    assert main(["models", "list", *args]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    row = next(r for r in rows if r and r[0] == str(pushed[0]))
+    assert row[-2:] == ["<-", "served"], rows
 
 
 BAD_STORES = {
