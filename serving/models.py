@@ -16,6 +16,7 @@ from typing import Any, Optional
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from components.pusher.publish import SCHEMA_FILE, list_versions
+from components.warmup import WARMUP_PATH
 from serving.errors import ServingError, not_found
 
 log = logging.getLogger(__name__)
@@ -82,9 +83,12 @@ def load_version(name: str, version: int, path: str | Path) -> LoadedVersion:
 
     Raises:
       OSError, ValueError, tf.errors.OpError: the directory is not a loadable SavedModel.
+      serving.warmup.WarmupError: its warmup file cannot be replayed (TF Serving refuses such a version too).
     """
     import tensorflow as tf
     from google.protobuf import text_format
+
+    from serving.warmup import replay_warmup
 
     path = Path(path)
     model = tf.saved_model.load(str(path), tags=[SERVE_TAG])
@@ -92,7 +96,7 @@ def load_version(name: str, version: int, path: str | Path) -> LoadedVersion:
     schema_file = path / "assets.extra" / SCHEMA_FILE
     if schema_file.is_file():
         schema = text_format.Parse(schema_file.read_text(encoding="utf-8"), schema_pb2.Schema())
-    return LoadedVersion(
+    loaded = LoadedVersion(
         name=name,
         version=version,
         path=path,
@@ -103,12 +107,15 @@ def load_version(name: str, version: int, path: str | Path) -> LoadedVersion:
         feature_types={feature.name: feature.type for feature in schema.feature} if schema else {},
         excluded=frozenset(not_served(schema)) if schema else frozenset(),
     )
+    # Before the caller can serve it: a version is never available, nor the default, unwarmed.
+    replay_warmup(loaded)
+    return loaded
 
 
 def _dir_stamp(path: Path) -> tuple:
     """Changes when a version directory's contents do, so a failed load is retried only after a change."""
     stamp = []
-    for part in (path, path / "variables", path / "saved_model.pb"):
+    for part in (path, path / "variables", path / "saved_model.pb", path / WARMUP_PATH):
         try:
             stamp.append(part.stat().st_mtime_ns)
         except OSError:

@@ -4,6 +4,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
@@ -19,6 +20,7 @@ from components.pusher.publish import (
     training_fingerprint,
     write_models_config,
 )
+from components.warmup import WARMUP_FILE, write_warmup_requests
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +35,18 @@ class PrePushCheckError(RuntimeError):
     """A blessed model failed to load or to score raw examples in a fresh process; nothing was pushed."""
 
 
+def split_pattern(examples: Examples, split: str = "eval") -> str:
+    """The files of one split of an Examples artifact."""
+    return os.path.join(examples.uri, f"Split-{split}", "*")
+
+
 def pre_push_check(saved_model: str, examples: Examples, split: str = "eval") -> str:
     """Runs components.pusher.smoke in a fresh Python process on a few raw examples of `split`.
 
     Raises:
       PrePushCheckError: with the check's own one-line reason.
     """
-    pattern = os.path.join(examples.uri, f"Split-{split}", "*")
+    pattern = split_pattern(examples, split)
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
     try:
         result = subprocess.run(
@@ -69,7 +76,8 @@ def SafePusher(
     keep_versions: Parameter[int] = 5,
 ) -> None:
     """Publishes the model to `serving_model_dir/<version>` when it is blessed, passes the pre-push
-    check and is not already served; then keeps the newest `keep_versions` versions.
+    check and is not already served; then keeps the newest `keep_versions` versions. Each pushed version
+    carries TF Serving's warmup file (components/warmup.py), built from raw evaluation examples.
 
     Records on the PushedModel artifact the same properties as TFX's Pusher (pushed,
     pushed_destination, pushed_version) and, when nothing was pushed, why.
@@ -84,12 +92,19 @@ def SafePusher(
         _not_pushed(pushed_model, f"version {versions[-1]} already serves a model trained from the same inputs")
         return
     log.info("%s", pre_push_check(saved_model, examples))
-    version = publish(saved_model, serving_model_dir, extra_files={SCHEMA_FILE: os.path.join(schema.uri, SCHEMA_FILE)})
+    # Warmup requests come from the raw evaluation examples, which only the pusher has (the Trainer reads
+    # transformed ones); they travel in assets.extra/ like the schema, in place before the version appears.
+    with tempfile.TemporaryDirectory(prefix="conveyor-warmup-") as scratch:
+        extra = {SCHEMA_FILE: os.path.join(schema.uri, SCHEMA_FILE), WARMUP_FILE: os.path.join(scratch, WARMUP_FILE)}
+        warmup = write_warmup_requests(
+            saved_model, split_pattern(examples), extra[WARMUP_FILE], Path(serving_model_dir).name
+        )
+        version = publish(saved_model, serving_model_dir, extra_files=extra)
     destination = str(Path(serving_model_dir) / str(version))
     pushed_model.set_int_custom_property(PUSHED, 1)
     pushed_model.set_string_custom_property(PUSHED_DESTINATION, destination)
     pushed_model.set_string_custom_property(PUSHED_VERSION, str(version))
-    log.info("Model pushed to %s", destination)
+    log.info("Model pushed to %s with %d warmup requests", destination, warmup)
     # The model that was serving stays loadable as `stable`; the new one is `canary`.
     write_models_config(serving_model_dir, stable=versions[-1] if versions else version, canary=version)
     removed = apply_retention(serving_model_dir, keep_versions)
