@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
-from serving.defaults import DEFAULT_HOST, DEFAULT_POLL_SECONDS, DEFAULT_PORT, SERVING_SUBDIR
+from serving.defaults import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HOST,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_POLL_SECONDS,
+    DEFAULT_PORT,
+    MAX_BODY_FLAG,
+    REQUEST_LOGS_SUBDIR,
+    SERVING_SUBDIR,
+)
 
 DEFAULT_OUTPUT_DIR = "output"
 # The serving package's logger: loads, unloads and failures of every module in it.
@@ -16,7 +26,7 @@ log = logging.getLogger("serving")
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds `conveyor serve` to the console script."""
-    serve = sub.add_parser("serve", help="a local server with TF Serving's REST API over the pushed models")
+    serve = sub.add_parser("serve", help="a local server with TF Serving's REST and gRPC APIs over the pushed models")
     add_arguments(serve)
     serve.set_defaults(func=main)
 
@@ -40,6 +50,85 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_POLL_SECONDS,
         help=f"how often to look for new and removed versions (default: {DEFAULT_POLL_SECONDS})",
     )
+    parser.add_argument(
+        MAX_BODY_FLAG,
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help=f"largest request body accepted; larger ones get 413 (default: {DEFAULT_MAX_BODY_BYTES}, 64 MiB)",
+    )
+    grpc = parser.add_mutually_exclusive_group()
+    grpc.add_argument(
+        "--grpc-port",
+        type=int,
+        default=DEFAULT_GRPC_PORT,
+        help=f"gRPC port for TF Serving's PredictionService and ModelService (default: {DEFAULT_GRPC_PORT}, as TF "
+        "Serving; 0 picks a free one)",
+    )
+    grpc.add_argument("--no-grpc", action="store_true", help="serve REST only")
+    parser.add_argument(
+        "--model-config-file",
+        help=f"a TF Serving model config (ModelServerConfig text proto); default: <output-dir>/{SERVING_SUBDIR}/"
+        "models.config, which the Pusher keeps, once it exists. Re-read when it changes",
+    )
+    parser.add_argument(
+        "--enable-batching",
+        action="store_true",
+        help="join concurrent requests into batches (off by default, as in TF Serving)",
+    )
+    parser.add_argument(
+        "--batching-parameters-file",
+        help="TF Serving's BatchingParameters text proto (max_batch_size, batch_timeout_micros, num_batch_threads, "
+        "max_enqueued_batches, allowed_batch_sizes); implies --enable-batching",
+    )
+    parser.add_argument(
+        "--request-log-rate",
+        type=float,
+        default=0.0,
+        help="share of requests logged as TF Serving PredictionLog records, in (0, 1] (default: 0, no logging)",
+    )
+    parser.add_argument(
+        "--request-log-dir",
+        help=f"where request logs go, as <dir>/<model>/*.tfrecord (default: <output-dir>/{REQUEST_LOGS_SUBDIR})",
+    )
+
+
+def _options(args: argparse.Namespace) -> dict:
+    """ModelServer's batching and request-log arguments from the flags.
+
+    Raises:
+      ValueError: a flag's value is unusable; the message names the flag or the file.
+    """
+    from serving.batching import BatchingParameters, read_parameters
+    from serving.request_log import RequestLog
+
+    batching = None
+    if args.batching_parameters_file:
+        batching = read_parameters(args.batching_parameters_file)
+    elif args.enable_batching:
+        batching = BatchingParameters()
+    if not 0.0 <= args.request_log_rate <= 1.0:
+        raise ValueError(f"--request-log-rate must be between 0 and 1, got {args.request_log_rate}")
+    request_log = None
+    if args.request_log_rate > 0:
+        root = Path(args.request_log_dir or Path(args.output_dir) / REQUEST_LOGS_SUBDIR)
+        request_log = RequestLog(root, args.request_log_rate)
+    config_file = args.model_config_file
+    if config_file and not Path(config_file).is_file():
+        raise ValueError(f"--model-config-file {config_file} does not exist")
+    return {
+        "grpc_port": None if args.no_grpc else args.grpc_port,
+        "model_config_file": config_file,
+        "batching": batching,
+        "request_log": request_log,
+    }
+
+
+class _Terminated(Exception):
+    """SIGTERM, raised in the main thread so that it stops the server the way Ctrl-C does."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
 
 
 def main(args: argparse.Namespace) -> int:
@@ -49,6 +138,9 @@ def main(args: argparse.Namespace) -> int:
     if not args.poll_seconds > 0:
         print(f"error: --poll-seconds must be positive, got {args.poll_seconds}", file=sys.stderr)
         return 2
+    if not args.max_body_bytes > 0:
+        print(f"error: {MAX_BODY_FLAG} must be positive, got {args.max_body_bytes}", file=sys.stderr)
+        return 2
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("conveyor serve: %(message)s"))
@@ -56,18 +148,40 @@ def main(args: argparse.Namespace) -> int:
         log.setLevel(logging.INFO)
         log.propagate = False
     serving_root = Path(args.output_dir) / SERVING_SUBDIR
-    server = ModelServer(serving_root, args.host, args.port, args.poll_seconds)
     try:
-        server.start()
-    except OSError as err:
-        print(f"error: cannot listen on {args.host}:{args.port}: {err}", file=sys.stderr)
+        options = _options(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"conveyor serve: {server.url} serving {describe(server.served())} from {serving_root}", flush=True)
+    server = ModelServer(
+        serving_root, args.host, args.port, args.poll_seconds, max_body_bytes=args.max_body_bytes, **options
+    )
+    # A service manager, `docker stop` and Kubernetes stop with SIGTERM, a terminal with SIGINT; either
+    # may come while the models load.
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        try:
+            server.start()
+        except OSError as err:
+            print(
+                f"error: cannot listen on {args.host} (REST {args.port}, gRPC {args.grpc_port}): {err}", file=sys.stderr
+            )
+            server.stop()
+            return 2
+        grpc = f" and gRPC {server.grpc_address}" if server.grpc_port else ""
+        print(
+            f"conveyor serve: REST {server.url}{grpc} serving {describe(server.served())} from {serving_root}",
+            flush=True,
+        )
+        if options["request_log"] is not None:
+            print(f"conveyor serve: logging {args.request_log_rate:g} of requests to {options['request_log'].root}")
         server.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated):
         pass
     finally:
+        # A second SIGTERM while stopping must not break the stop off with a traceback.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         server.stop()
         log.info("stopped")
+        signal.signal(signal.SIGTERM, previous)
     return 0

@@ -9,11 +9,13 @@ method fits the verb, since `serving_default` is a predict signature.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from collections.abc import Callable
+from typing import Any
 
 from serving.errors import invalid
-from serving.json_tensors import call_signature, example_from_features, json_text, parse_request
-from serving.models import ModelRepository
+from serving.inference import Inference
+from serving.json_tensors import example_from_features, json_text, parse_request
+from serving.models import LoadedVersion
 
 # TF Serving's method names and the signature each verb uses by default here.
 METHODS = {"classify": "tensorflow/serving/classify", "regress": "tensorflow/serving/regress"}
@@ -48,8 +50,33 @@ def _result(verb: str, outputs: dict[str, Any]) -> list:
     ]
 
 
-def classify_or_regress(repository: ModelRepository, name: str, version: Optional[int], verb: str, body: bytes) -> dict:
-    """Answers `POST /v1/models/<name>[/versions/<v>]:classify` or `:regress` with TF Serving's JSON.
+def method_name(servable: LoadedVersion, signature_name: str) -> str:
+    """The signature's method name in saved_model.pb (what TF Serving dispatches on), "" when it has none."""
+    return servable.signature_defs.get("signature_def", {}).get(signature_name, {}).get("method_name", "")
+
+
+def check_method(servable: LoadedVersion, signature_name: str, verb: str) -> None:
+    """Refuses, as TF Serving does, a classify or regress request on a signature of another method.
+
+    Raises:
+      ServingError: 400 when the signature is missing or its method does not fit the verb.
+    """
+    if signature_name not in servable.signatures:
+        raise invalid(f'Serving signature name: "{signature_name}" not found in signature def')
+    method = method_name(servable, signature_name)
+    if method != METHODS[verb]:
+        kind = "classification" if verb == "classify" else "regression"
+        raise invalid(f"Expected {kind} signature method_name to be {METHODS[verb]}. Was: {method}")
+
+
+def classify_or_regress(inference: Inference, find: Callable[[], LoadedVersion], verb: str, body: bytes) -> dict:
+    """Answers `POST /v1/models/<name>[/versions/<v>|/labels/<l>]:classify` or `:regress` with TF Serving's JSON.
+
+    Args:
+      inference: runs the signature.
+      find: the version the URL names (raises ServingError 404 / 400 when there is none).
+      verb: "classify" or "regress".
+      body: the request body.
 
     Returns:
       `{"result": [[[class, score], ...], ...]}` for classify, `{"result": [value, ...]}` for regress.
@@ -59,16 +86,11 @@ def classify_or_regress(repository: ModelRepository, name: str, version: Optiona
         unknown model or version.
     """
     request = parse_request(body)
-    signature_name = request.get("signature_name") or DEFAULT_SIGNATURES[verb]
+    signature_name = request.get("signature_name", "")
     if not isinstance(signature_name, str):
         raise invalid(f"JSON Value: {json_text(request)} 'signature_name' key must be a string value.")
-    servable = repository.get(name, version)
-    signature = servable.signatures.get(signature_name)
-    if signature is None:
-        raise invalid(f'Serving signature name: "{signature_name}" not found in signature def')
-    method = servable.signature_defs.get("signature_def", {}).get(signature_name, {}).get("method_name", "")
-    if method != METHODS[verb]:
-        kind = "classification" if verb == "classify" else "regression"
-        raise invalid(f"Expected {kind} signature method_name to be {METHODS[verb]}. Was: {method}")
+    signature_name = signature_name or DEFAULT_SIGNATURES[verb]
+    servable = find()
+    check_method(servable, signature_name, verb)
     serialized = [example_from_features(servable, values) for values in _examples(request)]
-    return {"result": _result(verb, call_signature(signature, signature_name, {INPUTS: serialized}))}
+    return {"result": _result(verb, inference.call(servable, signature_name, {INPUTS: serialized}, kind=verb))}

@@ -10,21 +10,17 @@ import base64
 import binascii
 import json
 import math
-import re
 from collections.abc import Mapping
-from http import HTTPStatus
 from typing import Any, Optional
 
 import numpy as np
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from components.pusher.publish import SCHEMA_FILE
-from serving.errors import ServingError, invalid
+from serving.errors import invalid
 from serving.models import LoadedVersion
 
 BYTES_SUFFIX = "_bytes"
-# Lines TensorFlow adds to an op error that say nothing to a client.
-_TF_NOISE = re.compile(r"^(Graph execution error:|Detected at node .*|<stack traces unavailable>)$")
 
 
 def json_text(value: Any, limit: int = 300) -> str:
@@ -176,40 +172,6 @@ def columnar_inputs(inputs: Any, specs: Mapping[str, Any], servable: LoadedVersi
             for row in range(rows)
         ]
     }
-
-
-def _tf_message(err: Exception) -> str:
-    message = getattr(err, "message", None) or str(err)
-    lines = [line for line in message.splitlines() if line.strip() and not _TF_NOISE.match(line.strip())]
-    return "\n".join(lines) or message
-
-
-def call_signature(signature: Any, signature_name: str, values: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    import tensorflow as tf
-
-    specs = signature.structured_input_signature[1]
-    feeds = {}
-    for name, value in values.items():
-        spec = specs[name]
-        try:
-            tensor = tf.constant(value, dtype=spec.dtype)
-        except (TypeError, ValueError, OverflowError) as err:
-            raise invalid(f"input '{name}': {err}") from None
-        if not spec.shape.is_compatible_with(tensor.shape):
-            raise invalid(
-                f"input '{name}' has shape {tensor.shape.as_list()}, but signature '{signature_name}' expects "
-                f"{spec.shape.as_list()}"
-            )
-        feeds[name] = tensor
-    # No lock: a restored tf.function may be called from several threads at once, as TF Serving's
-    # session is, and requests then overlap instead of queueing.
-    try:
-        outputs = signature(**feeds)
-    except tf.errors.InvalidArgumentError as err:
-        raise invalid(_tf_message(err)) from None
-    except tf.errors.OpError as err:
-        raise ServingError(HTTPStatus.INTERNAL_SERVER_ERROR, _tf_message(err)) from None
-    return {name: tensor.numpy() for name, tensor in outputs.items()}
 
 
 def _decimal(value: float, kind: type) -> float:

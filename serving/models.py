@@ -15,9 +15,10 @@ from typing import Any, Optional
 
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from components.pusher.publish import SCHEMA_FILE, list_versions
+from components.pusher.publish import SCHEMA_FILE
 from components.warmup import WARMUP_PATH
-from serving.errors import ServingError, not_found
+from serving.errors import ServingError, invalid, not_found
+from serving.model_config import ConfigFile, ModelConfigError, ModelEntry, scanned
 
 log = logging.getLogger(__name__)
 
@@ -125,22 +126,38 @@ def _dir_stamp(path: Path) -> tuple:
 
 class ModelRepository:
     """The models under a serving root, each version loaded when its directory appears and unloaded when it
-    goes, as TF Serving's file system source does. Thread-safe."""
+    goes, as TF Serving's file system source does; which models and versions, and their labels, follow the
+    model config (`models.config`) when there is one. Thread-safe."""
 
-    def __init__(self, serving_root: str | Path):
+    def __init__(self, serving_root: str | Path, config_file: Optional[str | Path] = None):
+        """Args:
+        serving_root: the directory of `<model>/<version>/`.
+        config_file: a TF Serving model config; by default `<serving root>/models.config` once it exists.
+        """
         self.root = Path(serving_root)
-        self._lock = threading.Lock()  # guards _loaded and _failed; never held while loading
+        self.config = ConfigFile(self.root, Path(config_file) if config_file else None)
+        self._lock = threading.Lock()  # guards _loaded, _failed and _labels; never held while loading
         self._refresh_lock = threading.Lock()  # one scan at a time, so a version is never loaded twice
         self._loaded: dict[str, dict[int, LoadedVersion]] = {}
         self._failed: dict[tuple[str, int], tuple[tuple, str]] = {}  # (dir stamp, error) of versions that failed
+        self._labels: dict[str, dict[str, int]] = {}
+        # A config given by HandleReloadConfigRequest: in force until the config file changes.
+        self._reloaded: Optional[dict[str, ModelEntry]] = None
 
-    def _scan(self) -> dict[str, list[int]]:
-        if not self.root.is_dir():
-            return {}
-        return {p.name: list_versions(p) for p in sorted(self.root.iterdir()) if p.is_dir() and p.name[0] != "."}
+    def _entries(self) -> dict[str, ModelEntry]:
+        try:
+            if self.config.changed():
+                self._reloaded = None
+        except ModelConfigError as err:
+            log.warning("%s; the previous model config stays in force", err)
+        if self._reloaded is not None:
+            return self._reloaded
+        configured = self.config.entries()
+        return configured if configured is not None else scanned(self.root)
 
     def refresh(self) -> None:
-        """Loads the versions that appeared since the last call and unloads those whose directory is gone.
+        """Loads the versions that appeared (or that the model config now asks for) since the last call and
+        unloads those whose directory is gone or that the config no longer wants.
 
         A version that fails to load is reported by `status` and retried when its directory changes.
 
@@ -148,22 +165,32 @@ class ModelRepository:
           OSError: the serving root cannot be listed.
         """
         with self._refresh_lock:
-            present = self._scan()
+            entries = self._entries()
+            present = {name: entry.wanted() for name, entry in entries.items()}
             with self._lock:
+                self._labels = {name: dict(entry.labels) for name, entry in entries.items()}
                 for name, versions in list(self._loaded.items()):
                     for version in [v for v in versions if v not in present.get(name, ())]:
                         del versions[version]
-                        log.info("unloaded %s version %d: its directory is gone", name, version)
+                        log.info("unloaded %s version %d: its directory is gone or the config drops it", name, version)
                     if not versions:
                         del self._loaded[name]
                 self._failed = {key: value for key, value in self._failed.items() if key[1] in present.get(key[0], ())}
             for name, versions in present.items():
                 # Newest first: it becomes the default version, so it should be ready soonest.
                 for version in sorted(versions, reverse=True):
-                    self._load(name, version)
+                    self._load(name, version, entries[name].base_path / str(version))
 
-    def _load(self, name: str, version: int) -> None:
-        path = self.root / name / str(version)
+    def reload_config(self, entries: dict[str, ModelEntry]) -> None:
+        """Serves `entries` from now on (TF Serving's HandleReloadConfigRequest), until the config file changes.
+
+        Raises:
+          OSError: a base path cannot be listed.
+        """
+        self._reloaded = entries
+        self.refresh()
+
+    def _load(self, name: str, version: int, path: Path) -> None:
         stamp = _dir_stamp(path)
         with self._lock:
             if version in self._loaded.get(name, {}) or self._failed.get((name, version), (None,))[0] == stamp:
@@ -185,6 +212,23 @@ class ModelRepository:
         with self._lock:
             return {name: sorted(versions) for name, versions in sorted(self._loaded.items())}
 
+    def version_for_label(self, name: str, label: str) -> int:
+        """The version a label names in the model config.
+
+        Raises:
+          ServingError: 400 with TF Serving's message when the model has no such label.
+        """
+        with self._lock:
+            version = self._labels.get(name, {}).get(label)
+        if version is None:
+            raise invalid(f"Unrecognized servable version label: {label}")
+        return version
+
+    def labels(self, name: str) -> dict[str, int]:
+        """The model's version labels (label: version), from the model config."""
+        with self._lock:
+            return dict(self._labels.get(name, {}))
+
     def _find(self, name: str, version: Optional[int]) -> LoadedVersion:
         with self._lock:
             versions = self._loaded.get(name, {})
@@ -196,20 +240,21 @@ class ModelRepository:
             raise not_found(f"Servable not found for request: Latest({name})")
         raise not_found(f"Servable not found for request: Specific({name}, {version})")
 
-    def get(self, name: str, version: Optional[int] = None) -> LoadedVersion:
-        """The requested version, or the highest available one when `version` is None.
+    def get(self, name: str, version: Optional[int] = None, label: Optional[str] = None) -> LoadedVersion:
+        """The requested version (or the one `label` names), or the highest available one when neither is given.
 
         On a miss the directory is scanned once more, so a version pushed a moment ago is served rather
         than refused until the next poll.
 
         Raises:
-          ServingError: 404 with TF Serving's message when there is no such model or version.
+          ServingError: 404 with TF Serving's message when there is no such model or version, 400 for a label
+            the model config does not define.
         """
         try:
-            return self._find(name, version)
+            return self._find(name, self.version_for_label(name, label) if label else version)
         except ServingError:
             self.refresh()
-        return self._find(name, version)
+        return self._find(name, self.version_for_label(name, label) if label else version)
 
     def _states(self, name: str) -> dict[int, dict]:
         with self._lock:
@@ -219,12 +264,14 @@ class ModelRepository:
                     states[version] = {"state": "END", "status": {"error_code": "UNKNOWN", "error_message": error}}
         return states
 
-    def status(self, name: str, version: Optional[int] = None) -> dict:
+    def status(self, name: str, version: Optional[int] = None, label: Optional[str] = None) -> dict:
         """TF Serving's GetModelStatusResponse as JSON: one entry per version, newest first.
 
         Raises:
-          ServingError: 404 when the model or the version is unknown.
+          ServingError: 404 when the model or the version is unknown, 400 for an unknown label.
         """
+        if label:
+            version = self.version_for_label(name, label)
         states = self._states(name)
         if not states or (version is not None and version not in states):
             self.refresh()

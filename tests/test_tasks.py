@@ -21,8 +21,10 @@ from components.pusher.publish import list_versions
 from pipeline.config import load_config
 from schema.review import read_schema
 from serving.errors import ServingError
+from serving.inference import Inference
 from serving.models import ModelRepository
 from serving.rest import handle
+from serving.server import ModelServer
 from tests.conftest import write_csv
 from tests.synthetic import dataset
 
@@ -127,7 +129,7 @@ def test_rest_api_answers_with_plain_json(task_runs, task):
     typed = {"x1": float, "x2": float, "weekday": int, "color": str, "city": str}
     instances = [{k: typed[k](v) for k, v in r.items() if k in typed and v != ""} for r in rows]
     body = json.dumps({"instances": instances})
-    answer = handle(repository, "POST", f"/v1/models/{config.model_name}:predict", body.encode())
+    answer = handle(repository, Inference(), "POST", f"/v1/models/{config.model_name}:predict", body.encode())
     predictions = answer["predictions"]
     assert len(predictions) == 2
     if task == "multiclass":
@@ -157,11 +159,11 @@ def test_classify_or_regress_answers_as_tf_serving_and_matches_serving_default(t
     typed = {"x1": float, "x2": float, "weekday": int, "color": str, "city": str}
     examples = [{k: typed[k](v) for k, v in r.items() if k in typed and v != "" and k != "color"} for r in rows]
     body = json.dumps({"context": {"color": rows[0]["color"]}, "examples": examples}).encode()
-    answer = handle(repository, "POST", f"/v1/models/{config.model_name}:{verb}", body)["result"]
+    answer = handle(repository, Inference(), "POST", f"/v1/models/{config.model_name}:{verb}", body)["result"]
     same = [{**e, "color": rows[0]["color"]} for e in examples]
-    predicted = handle(
-        repository, "POST", f"/v1/models/{config.model_name}:predict", json.dumps({"instances": same}).encode()
-    )["predictions"]
+    instances = json.dumps({"instances": same}).encode()
+    predicted = handle(repository, Inference(), "POST", f"/v1/models/{config.model_name}:predict", instances)
+    predicted = predicted["predictions"]
     assert len(answer) == 3
     for got, want in zip(answer, predicted, strict=True):
         if task == "regression":
@@ -171,8 +173,52 @@ def test_classify_or_regress_answers_as_tf_serving_and_matches_serving_default(t
             assert [s for _, s in got] == pytest.approx(want["scores"], abs=1e-5)
     wrong = "regress" if verb == "classify" else "classify"
     with pytest.raises(ServingError) as err:
-        handle(repository, "POST", f"/v1/models/{config.model_name}:{wrong}", body)
+        handle(repository, Inference(), "POST", f"/v1/models/{config.model_name}:{wrong}", body)
     assert "not found in signature def" in err.value.message
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_grpc_classify_and_regress_give_the_rest_answers(task_runs, task):
+    """TF Serving's gRPC Classify / Regress through the official stub, on tf.Examples with a shared context,
+    answer with the numbers REST's :classify / :regress give for the same examples."""
+    import grpc
+    from tensorflow_serving.apis import classification_pb2, prediction_service_pb2_grpc, regression_pb2
+
+    config, *_ = task_runs[task]
+    rows, schema = _eval_rows(config, n=3)
+    typed = {"x1": float, "x2": float, "weekday": int, "color": str, "city": str}
+    examples = [{k: typed[k](v) for k, v in r.items() if k in typed and v != "" and k != "color"} for r in rows]
+    verb = "regress" if task == "regression" else "classify"
+    body = json.dumps({"context": {"color": rows[0]["color"]}, "examples": examples}).encode()
+    with ModelServer(config.output.serving_root, port=0, grpc_port=0) as server:
+        rest = handle(server.repository, server.inference, "POST", f"/v1/models/{config.model_name}:{verb}", body)
+        kind = regression_pb2.RegressionRequest if verb == "regress" else classification_pb2.ClassificationRequest
+        request = kind()
+        request.model_spec.name = config.model_name
+        request.model_spec.signature_name = "regression" if verb == "regress" else "classification"
+        context = request.input.example_list_with_context.context
+        context.features.feature["color"].bytes_list.value.append(rows[0]["color"].encode())
+        for values in examples:
+            example = request.input.example_list_with_context.examples.add()
+            for name, value in values.items():
+                feature = example.features.feature[name]
+                if isinstance(value, str):
+                    feature.bytes_list.value.append(value.encode())
+                elif isinstance(value, int):
+                    feature.int64_list.value.append(value)
+                else:
+                    feature.float_list.value.append(value)
+        with grpc.insecure_channel(server.grpc_address) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            response = (stub.Regress if verb == "regress" else stub.Classify)(request, timeout=60)
+    assert response.model_spec.version.value == list_versions(config.serving_model_dir)[-1]
+    if verb == "regress":
+        assert [r.value for r in response.result.regressions] == pytest.approx(rest["result"], abs=1e-6)
+    else:
+        got = [[[c.label, c.score] for c in row.classes] for row in response.result.classifications]
+        assert [[c for c, _ in row] for row in got] == [[c for c, _ in row] for row in rest["result"]]
+        for mine, theirs in zip(got, rest["result"], strict=True):
+            assert [score for _, score in mine] == pytest.approx([score for _, score in theirs], abs=1e-6)
 
 
 def test_models_show_states_change_bounds_in_each_metrics_direction(task_runs, capsys):

@@ -1,0 +1,124 @@
+"""TF Serving's protos built from what a signature was given and answered: model specs, tensors, and the
+Predict, Classify and Regress responses. The gRPC API answers with them and the request log writes them,
+so a logged response is the response a client got."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from serving.models import LoadedVersion
+
+
+def model_spec(servable: LoadedVersion, signature_name: str, spec: Any = None) -> Any:
+    """TF Serving's ModelSpec naming the version that answered (filled into `spec` when given)."""
+    from tensorflow_serving.apis import model_pb2
+
+    spec = spec if spec is not None else model_pb2.ModelSpec()
+    spec.name = servable.name
+    spec.version.value = servable.version
+    spec.signature_name = signature_name
+    return spec
+
+
+def tensor_proto(value: Any) -> Any:
+    """A TensorProto of a numpy array or nested lists (bytes for strings)."""
+    import tensorflow as tf
+
+    return tf.make_tensor_proto(value if isinstance(value, np.ndarray) else np.asarray(value, dtype=_dtype(value)))
+
+
+def _dtype(value: Any) -> Any:
+    while isinstance(value, (list, tuple)) and value:
+        value = value[0]
+    return object if isinstance(value, (bytes, str)) else None
+
+
+def predict_request(servable: LoadedVersion, signature_name: str, inputs: Mapping[str, Any]) -> Any:
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    model_spec(servable, signature_name, request.model_spec)
+    for name, value in inputs.items():
+        request.inputs[name].CopyFrom(tensor_proto(value))
+    return request
+
+
+def predict_response(servable: LoadedVersion, signature_name: str, outputs: Mapping[str, np.ndarray]) -> Any:
+    from tensorflow_serving.apis import predict_pb2
+
+    response = predict_pb2.PredictResponse()
+    model_spec(servable, signature_name, response.model_spec)
+    for name, array in outputs.items():
+        response.outputs[name].CopyFrom(tensor_proto(array))
+    return response
+
+
+def classification_result(outputs: Mapping[str, np.ndarray], result: Any = None) -> Any:
+    """A ClassificationResult: per example, each class's label and score (from `classes` and `scores`)."""
+    from tensorflow_serving.apis import classification_pb2
+
+    result = result if result is not None else classification_pb2.ClassificationResult()
+    scores = outputs["scores"]
+    classes = outputs.get("classes")
+    for row, row_scores in enumerate(scores):
+        classifications = result.classifications.add()
+        for column, score in enumerate(row_scores):
+            label = classes[row][column] if classes is not None else None
+            entry = classifications.classes.add(score=float(score))
+            if label is not None:
+                entry.label = label.decode("utf-8") if isinstance(label, bytes) else str(label)
+    return result
+
+
+def regression_result(outputs: Mapping[str, np.ndarray], result: Any = None) -> Any:
+    """A RegressionResult: one value per example (from `outputs`)."""
+    from tensorflow_serving.apis import regression_pb2
+
+    result = result if result is not None else regression_pb2.RegressionResult()
+    for value in np.asarray(outputs["outputs"]).reshape(-1):
+        result.regressions.add(value=float(value))
+    return result
+
+
+def example_input(serialized: list[bytes], input_proto: Any = None) -> Any:
+    """TF Serving's Input (an ExampleList) holding serialized tf.Examples."""
+    from tensorflow.core.example import example_pb2
+    from tensorflow_serving.apis import input_pb2
+
+    input_proto = input_proto if input_proto is not None else input_pb2.Input()
+    for data in serialized:
+        input_proto.example_list.examples.add().CopyFrom(example_pb2.Example.FromString(data))
+    return input_proto
+
+
+def serialized_examples(input_proto: Any) -> list[bytes]:
+    """The serialized tf.Examples of TF Serving's Input; with a context, each example merged over it, as TF
+    Serving merges them (the example's own features win).
+
+    Raises:
+      ValueError: the Input holds neither an example list nor an example list with context, or no examples.
+    """
+    kind = input_proto.WhichOneof("kind")
+    if kind == "example_list":
+        examples = list(input_proto.example_list.examples)
+        context = None
+    elif kind == "example_list_with_context":
+        examples = list(input_proto.example_list_with_context.examples)
+        context = input_proto.example_list_with_context.context
+    else:
+        raise ValueError("Input is empty: it needs an example_list or an example_list_with_context")
+    if not examples:
+        raise ValueError("Input is empty: no examples")
+    if context is None or not context.features.feature:
+        return [example.SerializeToString() for example in examples]
+    merged = []
+    for example in examples:
+        combined = type(context)()
+        combined.CopyFrom(context)
+        for name, feature in example.features.feature.items():
+            combined.features.feature[name].CopyFrom(feature)
+        merged.append(combined.SerializeToString())
+    return merged
