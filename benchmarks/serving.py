@@ -8,6 +8,14 @@ sequential requests: (a) in process, `serving_default` called on serialized tf.E
 with b64 tf.Examples in the row form; (c) the same with plain JSON feature values, which the server turns
 into tf.Examples. Each row runs after a warm-up until --seconds pass or --max-requests are made. Request
 bodies are encoded once beforehand; response JSON is decoded in every request.
+
+Then, at batch 1, concurrent clients (1, 8, 32; each with its own keep-alive connection or gRPC stub on
+one channel per client): p50, p99 and throughput for REST and gRPC against the same number of threads
+calling `serving_default` in process; server-side batching on against off at 32 clients; and the request
+log at rate 1.0 against no log.
+
+Last, the first request after a new version appears against the steady p50, with the version's warmup file
+(assets.extra/tf_serving_warmup_requests, replayed before the version is available) and without it.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ import json
 import os
 import platform
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -89,6 +99,199 @@ def _http_call(connection: http.client.HTTPConnection, path: str, body: bytes) -
             raise RuntimeError(f"the server answered {response.status}: {answer}")
 
     return call
+
+
+CLIENTS = (1, 8, 32)
+# Batching for the comparison at 32 clients: batches of up to 32 rows, formed within 2 ms.
+BATCHING = {"max_batch_size": 32, "batch_timeout_micros": 2000, "num_batch_threads": 2, "max_enqueued_batches": 100}
+
+
+def _load(make_call: Callable[[int], Callable[[], None]], clients: int, seconds: float) -> dict:
+    """`clients` threads each calling their own `make_call(i)()` back to back for `seconds` after a warm-up:
+    p50 and p99 latency in ms and requests per second over all of them."""
+    import numpy as np
+
+    calls = [make_call(i) for i in range(clients)]
+    for call in calls:
+        for _ in range(5):
+            call()
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    start = threading.Barrier(clients + 1)
+    deadline = [0.0]
+
+    def client(i: int) -> None:
+        start.wait()
+        while time.perf_counter() < deadline[0]:
+            began = time.perf_counter()
+            calls[i]()
+            latencies[i].append(time.perf_counter() - began)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    deadline[0] = time.perf_counter() + seconds
+    began = time.perf_counter()
+    start.wait()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    flat = np.array([x for row in latencies for x in row])
+    return {
+        "requests": len(flat),
+        "p50": float(np.percentile(flat, 50)) * 1000,
+        "p99": float(np.percentile(flat, 99)) * 1000,
+        "rps": len(flat) / elapsed,
+    }
+
+
+def _rest_client(port: int, path: str, body: bytes) -> Callable[[int], Callable[[], None]]:
+    def make(_: int) -> Callable[[], None]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        return _http_call(connection, path, body)
+
+    return make
+
+
+def _grpc_client(address: str, request) -> Callable[[int], Callable[[], None]]:
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    def make(_: int) -> Callable[[], None]:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(address))
+        return lambda: stub.Predict(request, timeout=60)
+
+    return make
+
+
+def concurrent_load(serving_root: Path, model: str, version: int, example: bytes, signature, seconds: float) -> list:
+    """Batch-1 latency and throughput at 1, 8 and 32 clients: in process, REST and gRPC; then batching and the
+    request log, each against the same server without them."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    from serving.batching import BatchingParameters
+    from serving.request_log import RequestLog
+    from serving.server import ModelServer
+
+    body = json.dumps({"instances": [{"b64": base64.b64encode(example).decode("ascii")}]}).encode("utf-8")
+    path = f"/v1/models/{model}/versions/{version}:predict"
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.version.value = version
+    request.inputs["examples"].CopyFrom(tf.make_tensor_proto([example], dtype=tf.string))
+    feed = tf.constant([example])
+
+    def in_process(_: int) -> Callable[[], None]:
+        return lambda: {k: v.numpy() for k, v in signature(examples=feed).items()}
+
+    rows = []
+
+    def measure(setting: str, protocol: str, clients: int, make) -> None:
+        result = _load(make, clients, seconds)
+        rows.append({"setting": setting, "protocol": protocol, "clients": clients, **result})
+        print(f"  {setting}, {protocol}, {clients} clients: {result['requests']} requests", file=sys.stderr, flush=True)
+
+    with ModelServer(serving_root, "127.0.0.1", 0, poll_seconds=60, grpc_port=0) as server:
+        for clients in CLIENTS:
+            measure("plain", "in-process", clients, in_process)
+            measure("plain", "REST", clients, _rest_client(server.port, path, body))
+            measure("plain", "gRPC", clients, _grpc_client(server.grpc_address, request))
+    batching = BatchingParameters(**BATCHING)
+    with ModelServer(serving_root, "127.0.0.1", 0, poll_seconds=60, grpc_port=0, batching=batching) as server:
+        measure("batching", "REST", 32, _rest_client(server.port, path, body))
+        measure("batching", "gRPC", 32, _grpc_client(server.grpc_address, request))
+    with tempfile.TemporaryDirectory() as logs:
+        with ModelServer(
+            serving_root, "127.0.0.1", 0, poll_seconds=60, grpc_port=0, request_log=RequestLog(logs, 1.0)
+        ) as server:
+            measure("request log 1.0", "REST", 1, _rest_client(server.port, path, body))
+            measure("request log 1.0", "gRPC", 1, _grpc_client(server.grpc_address, request))
+
+    plain = {(r["protocol"], r["clients"]): r for r in rows if r["setting"] == "plain"}
+    print()
+    print("Concurrent clients, batch 1 (b64 tf.Example over REST, a PredictRequest over gRPC):")
+    print()
+    print(
+        "| setting | protocol | clients | requests | p50 ms | p99 ms | requests/s | p50 - in-process ms "
+        "| req/s vs plain |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        base = plain[("in-process", r["clients"])] if ("in-process", r["clients"]) in plain else None
+        same = plain.get((r["protocol"], r["clients"]))
+        delta = f"{r['p50'] - base['p50']:+.2f}" if base and r["protocol"] != "in-process" else ""
+        ratio = f"{r['rps'] / same['rps']:.2f}x" if same and r["setting"] != "plain" else ""
+        print(
+            f"| {r['setting']} | {r['protocol']} | {r['clients']} | {r['requests']} | {r['p50']:.2f} | "
+            f"{r['p99']:.2f} | {r['rps']:.0f} | {delta} | {ratio} |"
+        )
+    for protocol in ("REST", "gRPC"):
+        logged = next(r for r in rows if r["setting"] == "request log 1.0" and r["protocol"] == protocol)
+        base = plain[(protocol, 1)]
+        print(
+            f"request log at rate 1.0, {protocol}, 1 client: p50 {logged['p50'] / base['p50'] - 1:+.1%} against no log"
+        )
+    return rows
+
+
+def first_request_after_new_version(version_dir: Path, model: str, example: bytes, rounds: int = 2) -> list[dict]:
+    """Per round and mode (the version's warmup file kept, or removed): while the server serves a version over
+    one open connection, a new version appears (one synchronous scan, which loads it and replays any
+    warmup); then the latency of the first batch-1 request to it and the p50 of the next 200.
+
+    Round 0 is not reported: it pays the process's one-time start-up, which neither mode should be charged for.
+    """
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    from components.warmup import WARMUP_PATH
+    from serving.server import ModelServer
+
+    body = json.dumps({"instances": [{"b64": base64.b64encode(example).decode("ascii")}]}).encode("utf-8")
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch) / "serving_model"
+        shutil.copytree(version_dir, root / model / "1")
+        with ModelServer(root, "127.0.0.1", 0, poll_seconds=3600) as server:
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+            for _ in range(50):
+                _http_call(connection, f"/v1/models/{model}/versions/1:predict", body)()
+            version = 1
+            for round_ in range(rounds + 1):
+                for warmup in (True, False) if round_ % 2 else (False, True):
+                    version += 1
+                    shutil.copytree(version_dir, root / model / str(version))
+                    if not warmup:
+                        (root / model / str(version) / WARMUP_PATH).unlink()
+                    started = time.perf_counter()
+                    server.repository.refresh()
+                    load = time.perf_counter() - started
+                    call = _http_call(connection, f"/v1/models/{model}/versions/{version}:predict", body)
+                    started = time.perf_counter()
+                    call()
+                    first = time.perf_counter() - started
+                    steady = []
+                    for _ in range(200):
+                        started = time.perf_counter()
+                        call()
+                        steady.append(time.perf_counter() - started)
+                    if round_:
+                        p50 = float(np.percentile(steady, 50))
+                        rows.append({"round": round_, "warmup": warmup, "load": load, "first": first, "p50": p50})
+            connection.close()
+    print()
+    print("First request after a new version appears (batch 1, b64 tf.Example, one open connection):")
+    print()
+    print("| round | warmup file | load + warmup s | first request ms | steady p50 ms | first / p50 |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['round']} | {'replayed' if r['warmup'] else 'removed'} | {r['load']:.2f} | "
+            f"{r['first'] * 1000:.2f} | {r['p50'] * 1000:.2f} | {r['first'] / r['p50']:.1f}x |"
+        )
+    return rows
 
 
 def main(argv=None) -> int:
@@ -172,6 +375,9 @@ def main(argv=None) -> int:
             f"| {r['mode']} | {r['batch']} | {r['requests']} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} | "
             f"{r['rps'] * r['batch']:.0f} | {r['p50'] / base['p50']:.2f}x | {r['rps'] / base['rps']:.2f}x |"
         )
+    concurrent_load(serving_root, args.model, version, serialized[0], signature, args.seconds)
+    if (version_dir / "assets.extra" / "tf_serving_warmup_requests").is_file():
+        first_request_after_new_version(version_dir, args.model, serialized[0])
     return 0
 
 

@@ -85,7 +85,8 @@ def _message_class() -> Any:
     message.field.add(name="allowed_batch_sizes", number=6, type=fields.TYPE_INT64, label=fields.LABEL_REPEATED)
     message.field.add(name="pad_variable_length_inputs", number=7, type=fields.TYPE_BOOL, label=fields.LABEL_OPTIONAL)
     pool.Add(proto)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+    descriptor = pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
+    return message_factory.MessageFactory(pool).GetPrototype(descriptor)  # protobuf 3.20, as TensorFlow 2.16 pins
 
 
 def read_parameters(path: str | Path) -> BatchingParameters:

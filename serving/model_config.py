@@ -130,7 +130,7 @@ class ConfigFile:
         self.serving_root = serving_root
         self.path = path if path is not None else serving_root / MODELS_CONFIG
         self.explicit = path is not None
-        self._stamp: Optional[tuple] = None
+        self._stamp: Optional[tuple] = ("never read",)
         self._entries: Optional[dict[str, ModelEntry]] = None
         self.error: Optional[str] = None
 
