@@ -234,7 +234,7 @@ def concurrent_load(serving_root: Path, model: str, version: int, example: bytes
     return rows
 
 
-def first_request_after_new_version(version_dir: Path, model: str, example: bytes, rounds: int = 2) -> list[dict]:
+def first_request_after_new_version(version_dir: Path, model: str, example: bytes, rounds: int = 4) -> list[dict]:
     """Per round and mode (the version's warmup file kept, or removed): while the server serves a version over
     one open connection, a new version appears (one synchronous scan, which loads it and replays any
     warmup); then the latency of the first batch-1 request to it and the p50 of the next 200.
@@ -291,6 +291,9 @@ def first_request_after_new_version(version_dir: Path, model: str, example: byte
             f"| {r['round']} | {'replayed' if r['warmup'] else 'removed'} | {r['load']:.2f} | "
             f"{r['first'] * 1000:.2f} | {r['p50'] * 1000:.2f} | {r['first'] / r['p50']:.1f}x |"
         )
+    for warmup in (True, False):
+        ratios = [r["first"] / r["p50"] for r in rows if r["warmup"] is warmup]
+        print(f"median first / p50, warmup file {'replayed' if warmup else 'removed'}: {np.median(ratios):.1f}x")
     return rows
 
 
