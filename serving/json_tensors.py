@@ -21,6 +21,8 @@ from serving.errors import invalid
 from serving.models import LoadedVersion
 
 BYTES_SUFFIX = "_bytes"
+# Levels of lists and objects a request may nest: a tensor of TensorFlow's highest rank fits in it.
+MAX_JSON_DEPTH = 256
 
 
 def json_text(value: Any, limit: int = 300) -> str:
@@ -64,9 +66,29 @@ def parse_request(body: bytes) -> dict:
         raise invalid(f"JSON Parse error: {err.msg} at offset: {err.pos}") from None
     except ValueError as err:
         raise invalid(f"JSON Parse error: {err}") from None
+    except RecursionError:
+        request = None  # nested past Python's own limit: refused below as too deep
+    # Deeper than any tensor, and the recursive walks below (and Python's own) would overflow on it.
+    if request is None and body.strip() != b"null" or _too_deep(request):
+        raise invalid(f"JSON Parse error: nested deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(request, dict):
         raise invalid(f"JSON Value: {json_text(request)} Is not object")
     return request
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether lists and objects nest deeper than MAX_JSON_DEPTH, walked without recursion."""
+    level = [value]
+    for _ in range(MAX_JSON_DEPTH):
+        level = [
+            item
+            for node in level
+            if isinstance(node, (list, dict))
+            for item in (node.values() if isinstance(node, dict) else node)
+        ]
+        if not level:
+            return False
+    return any(isinstance(node, (list, dict)) for node in level)
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -86,7 +108,10 @@ def _tensor_json(value: Any, spec: Any, servable: LoadedVersion, examples: bool)
         if _is_b64(value):
             return _b64decode(value)
         if isinstance(value, str):
-            return value.encode("utf-8")
+            try:
+                return value.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate escape, "\ud800": no UTF-8 text
+                raise invalid(f"JSON Value: {json_text(value)} Invalid encoding in string.") from None
         if isinstance(value, dict) and examples:
             return example_from_features(servable, value)
     elif spec.dtype.is_bool:

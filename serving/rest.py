@@ -108,7 +108,12 @@ def openapi() -> dict:
 
 
 def _version(text: Optional[str]) -> Optional[int]:
-    return int(text) if text else None
+    if not text:
+        return None
+    # TF Serving reads the version into an int64; past that (and Python's 4300 digits) it is no number.
+    if len(text) > 19 or int(text) >= 2**63:
+        raise invalid(f"Failed to convert version: {text[:40]}{'...' if len(text) > 40 else ''} to numeric.")
+    return int(text)
 
 
 def handle(repository: ModelRepository, inference: Inference, method: str, path: str, body: bytes) -> dict:

@@ -7,6 +7,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -304,12 +305,15 @@ def _sigint_as_in_a_terminal() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
-def test_serve_command_prints_its_url_and_serves_until_interrupted(served, tmp_path):
+# Ctrl-C in a terminal sends SIGINT; a service manager, `docker stop` and Kubernetes send SIGTERM.
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_serve_command_prints_its_url_and_serves_until_interrupted(served, tmp_path, stop):
     log_path = tmp_path / "serve.log"
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
     # faulthandler: if the server ever fails to stop, SIGABRT below dumps every thread's stack to the log.
     command = [sys.executable, "-X", "faulthandler", "-m", "cli", "serve", "--output-dir", str(served.root.parent)]
     command += ["--port", "0", "--grpc-port", "0"]
+    command += ["--max-body-bytes", "64"]
     with open(log_path, "w") as log:
         # As from a terminal: a shell without job control starts background commands with SIGINT
         # ignored, and a child inherits that (a CI rehearsal started that way hung here).
@@ -331,16 +335,79 @@ def test_serve_command_prints_its_url_and_serves_until_interrupted(served, tmp_p
         assert f"{served.name} version {served.version}" in line
         with urllib.request.urlopen(f"{match.group(0)}/v1/models/{served.name}", timeout=60) as response:
             assert json.loads(response.read())["model_version_status"][0]["version"] == str(served.version)
-        process.send_signal(signal.SIGINT)
+        too_big = urllib.request.Request(f"{match.group(0)}/v1/models/{served.name}:predict", data=b" " * 65)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(too_big, timeout=60)
+        assert refused.value.code == 413
+        assert "limit of 64 bytes (conveyor serve --max-body-bytes)" in json.loads(refused.value.read())["error"]
+        process.send_signal(stop)
         try:
             assert process.wait(timeout=60) == 0
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGABRT)
             process.wait(timeout=30)
             threads = log_path.read_text()[-6000:]
-            pytest.fail(f"conveyor serve did not stop within 60 s of SIGINT; its threads: {threads}")
-        assert "conveyor serve: stopped" in log_path.read_text()
+            pytest.fail(f"conveyor serve did not stop within 60 s of {stop.name}; its threads: {threads}")
+        log_text = log_path.read_text()
+        assert "conveyor serve: stopped" in log_text
+        assert "Traceback" not in log_text, log_text[-3000:]
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _raw_request(port: int, head: bytes, body: bytes = b"") -> tuple[bytes, bytes]:
+    """Sends one request as written; returns the response's head and everything after it up to EOF."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(head + body)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    response_head, _, rest = received.partition(b"\r\n\r\n")
+    return response_head, rest
+
+
+def test_a_body_over_the_limit_gets_413_unread_and_the_server_keeps_serving(served, b64):
+    body = json.dumps({"instances": b64[:1]}).encode("utf-8")
+    path = f"/v1/models/{served.name}:predict"
+    with ModelServer(served.root, "127.0.0.1", 0, poll_seconds=POLL_SECONDS, max_body_bytes=len(body)) as server:
+        assert _call(server, "POST", path, body)[0] == 200, "a body at the limit is served"
+        over = body + b" "
+        status, answer = _call(server, "POST", path, over)
+        assert status == 413
+        assert answer == {
+            "error": f"request body of {len(over)} bytes is over the limit of {len(body)} bytes "
+            "(conveyor serve --max-body-bytes)"
+        }
+        # The connection is closed after the answer, and a client that asks first never sends the body.
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(over)}\r\n".encode()
+        response_head, rest = _raw_request(server.port, head + b"\r\n", over)
+        assert response_head.startswith(b"HTTP/1.1 413") and b"Connection: close" in response_head
+        assert json.loads(rest)["error"].startswith(f"request body of {len(over)} bytes")
+        response_head, rest = _raw_request(server.port, head + b"Expect: 100-continue\r\n\r\n")
+        assert response_head.startswith(b"HTTP/1.1 413"), response_head
+        assert b"100 Continue" not in response_head
+        assert _call(server, "POST", path, body)[0] == 200
+
+
+LIMITS = [
+    pytest.param(
+        "GET", "/v1/models/taxi/versions/" + "9" * 5000, None, "Failed to convert version: 9999",
+        id="version past int64",
+    ),
+    pytest.param(
+        "POST", PREDICT, b'{"instances": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested deeper than 256 levels",
+        id="JSON nested past Python's limit",
+    ),
+    pytest.param(
+        "POST", PREDICT, b'{"instances": ["\ud800"]}', "Invalid encoding in string.", id="lone surrogate"
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("method, path, body, fragment", LIMITS)
+def test_input_past_pythons_limits_gets_400_not_500(server, method, path, body, fragment):
+    status, answer = _call(server, method, path, body)
+    assert status == 400, answer
+    assert fragment in answer["error"]
