@@ -9,8 +9,8 @@ with b64 tf.Examples in the row form; (c) the same with plain JSON feature value
 into tf.Examples. Each row runs after a warm-up until --seconds pass or --max-requests are made. Request
 bodies are encoded once beforehand; response JSON is decoded in every request.
 
-Then, at batch 1, concurrent clients (1, 8, 32; each with its own keep-alive connection or gRPC stub on
-one channel per client): p50, p99 and throughput for REST and gRPC against the same number of threads
+Then, at batch 1, concurrent clients (1, 8, 32; threads of a separate client process, each with its own
+keep-alive connection or gRPC channel): p50, p99 and throughput for REST and gRPC against the same number of threads
 calling `serving_default` in process; server-side batching on against off at 32 clients; and the request
 log at rate 1.0 against no log.
 
@@ -152,15 +152,29 @@ def _rest_client(port: int, path: str, body: bytes) -> Callable[[int], Callable[
     return make
 
 
-def _grpc_client(address: str, request) -> Callable[[int], Callable[[], None]]:
+def _grpc_client(address: str, request: bytes) -> Callable[[int], Callable[[], None]]:
     import grpc
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    message = predict_pb2.PredictRequest.FromString(request)
 
     def make(_: int) -> Callable[[], None]:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(address))
-        return lambda: stub.Predict(request, timeout=60)
+        return lambda: stub.Predict(message, timeout=60)
 
     return make
+
+
+def _client_process(connection) -> None:
+    """The load generator, in a process of its own as real clients are: it never competes with the server
+    for the interpreter lock. Takes (protocol, address, path, payload, clients, seconds), answers _load's dict."""
+    while (job := connection.recv()) is not None:
+        protocol, address, path, payload, clients, seconds = job
+        if protocol == "REST":
+            make = _rest_client(int(address.rsplit(":", 1)[1]), path, payload)
+        else:
+            make = _grpc_client(address, payload)
+        connection.send(_load(make, clients, seconds))
 
 
 def concurrent_load(serving_root: Path, model: str, version: int, example: bytes, signature, seconds: float) -> list:
@@ -186,26 +200,45 @@ def concurrent_load(serving_root: Path, model: str, version: int, example: bytes
 
     rows = []
 
-    def measure(setting: str, protocol: str, clients: int, make) -> None:
-        result = _load(make, clients, seconds)
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    clients_process = context.Process(target=_client_process, args=(theirs,), daemon=True)
+    clients_process.start()
+
+    def measure(setting: str, protocol: str, clients: int, target) -> None:
+        if protocol == "in-process":
+            result = _load(target, clients, seconds)
+        else:
+            ours.send((protocol, *target, clients, seconds))
+            result = ours.recv()
         rows.append({"setting": setting, "protocol": protocol, "clients": clients, **result})
         print(f"  {setting}, {protocol}, {clients} clients: {result['requests']} requests", file=sys.stderr, flush=True)
+
+    def rest(server) -> tuple:
+        return (f"127.0.0.1:{server.port}", path, body)
+
+    def grpc(server) -> tuple:
+        return (server.grpc_address, "", request.SerializeToString())
 
     with ModelServer(serving_root, "127.0.0.1", 0, poll_seconds=60, grpc_port=0) as server:
         for clients in CLIENTS:
             measure("plain", "in-process", clients, in_process)
-            measure("plain", "REST", clients, _rest_client(server.port, path, body))
-            measure("plain", "gRPC", clients, _grpc_client(server.grpc_address, request))
+            measure("plain", "REST", clients, rest(server))
+            measure("plain", "gRPC", clients, grpc(server))
     batching = BatchingParameters(**BATCHING)
     with ModelServer(serving_root, "127.0.0.1", 0, poll_seconds=60, grpc_port=0, batching=batching) as server:
-        measure("batching", "REST", 32, _rest_client(server.port, path, body))
-        measure("batching", "gRPC", 32, _grpc_client(server.grpc_address, request))
+        measure("batching", "REST", 32, rest(server))
+        measure("batching", "gRPC", 32, grpc(server))
     with tempfile.TemporaryDirectory() as logs:
         with ModelServer(
             serving_root, "127.0.0.1", 0, poll_seconds=60, grpc_port=0, request_log=RequestLog(logs, 1.0)
         ) as server:
-            measure("request log 1.0", "REST", 1, _rest_client(server.port, path, body))
-            measure("request log 1.0", "gRPC", 1, _grpc_client(server.grpc_address, request))
+            measure("request log 1.0", "REST", 1, rest(server))
+            measure("request log 1.0", "gRPC", 1, grpc(server))
+    ours.send(None)
+    clients_process.join(30)
 
     plain = {(r["protocol"], r["clients"]): r for r in rows if r["setting"] == "plain"}
     print()

@@ -35,6 +35,7 @@ DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 # A file is also closed (and so becomes readable) after this long, so a quiet server's logs reach monitoring.
 DEFAULT_MAX_FILE_SECONDS = 300.0
 DEFAULT_QUEUE_SIZE = 10_000
+DRAIN_SECONDS = 0.2
 KINDS = ("predict", "classify", "regress")
 
 
@@ -150,29 +151,41 @@ class RequestLog:
             self.dropped += 1
 
     def _write_loop(self) -> None:
-        while True:
+        # Woken a few times a second to drain the queue, not once per record: a thread that wakes for every
+        # request takes the interpreter lock from the request threads every time, which they would feel.
+        stopping = False
+        while not stopping:
+            time.sleep(DRAIN_SECONDS)
+            entries = []
+            while True:
+                try:
+                    entry = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if entry is _STOP:
+                    stopping = True
+                    break
+                entries.append(entry)
             try:
-                entry = self._queue.get(timeout=1.0)
-            except queue.Empty:
-                entry = None
-            if entry is _STOP:
-                return
-            try:
-                if entry is not None:
-                    self._write(entry)
+                for entry in entries:
+                    self._write_one(entry)
                 self._rotate_old()
             except self._write_errors as err:  # a full disk, a lost directory: stop logging, never serving
                 self._fail(err)
                 return
-            except (TypeError, ValueError):  # a request whose values do not make a proto: skip that one record
-                self.dropped += 1
-                log.exception("cannot log a %s request to %s", entry.kind if entry else "", self.root)
 
-    def _write(self, entry: _Entry) -> None:
+    def _write_one(self, entry: _Entry) -> None:
+        try:
+            data = prediction_log(entry, self.rate).SerializeToString()
+        except (TypeError, ValueError):  # a request whose values do not make a proto: skip that one record
+            self.dropped += 1
+            log.exception("cannot log a %s request to %s", entry.kind, self.root)
+            return
+        self._write(entry.servable.name, data)
+
+    def _write(self, name: str, data: bytes) -> None:
         if self.failed is not None:
             return
-        data = prediction_log(entry, self.rate).SerializeToString()
-        name = entry.servable.name
         current = self._files.get(name)
         if current is not None and current.bytes + len(data) > self.max_file_bytes and current.bytes:
             current.close()
