@@ -15,7 +15,7 @@ from typing import Any
 from serving.errors import invalid
 from serving.inference import Inference
 from serving.json_tensors import example_from_features, json_text, parse_request
-from serving.models import LoadedVersion
+from serving.servable import LoadedVersion
 
 # TF Serving's method names and the signature each verb uses by default here.
 METHODS = {"classify": "tensorflow/serving/classify", "regress": "tensorflow/serving/regress"}

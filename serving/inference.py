@@ -14,8 +14,8 @@ import numpy as np
 
 from serving.batching import Batcher, BatchingParameters
 from serving.errors import ServingError, invalid
-from serving.models import LoadedVersion
 from serving.request_log import RequestLog
+from serving.servable import LoadedVersion
 
 # Lines TensorFlow adds to an op error that say nothing to a client.
 _TF_NOISE = re.compile(r"^(Graph execution error:|Detected at node .*|<stack traces unavailable>)$")

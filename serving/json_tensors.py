@@ -18,7 +18,7 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 
 from components.pusher.publish import SCHEMA_FILE
 from serving.errors import invalid
-from serving.models import LoadedVersion
+from serving.servable import LoadedVersion
 
 BYTES_SUFFIX = "_bytes"
 # Levels of lists and objects a request may nest: a tensor of TensorFlow's highest rank fits in it.

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.models import LoadedVersion
+from serving.servable import LoadedVersion
 
 
 def model_spec(servable: LoadedVersion, signature_name: str, spec: Any = None) -> Any:

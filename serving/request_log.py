@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from serving.models import SERVE_TAG, LoadedVersion
+from serving.servable import SERVE_TAG, LoadedVersion
 
 log = logging.getLogger(__name__)
 

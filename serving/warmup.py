@@ -20,7 +20,7 @@ from typing import Any
 
 from components.signatures import CLASSIFY_METHOD, REGRESS_METHOD
 from components.warmup import DEFAULT_SIGNATURE, MAX_RECORDS, WARMUP_PATH
-from serving.models import LoadedVersion
+from serving.servable import LoadedVersion
 
 log = logging.getLogger(__name__)
 
