@@ -1,0 +1,216 @@
+"""Logged requests back into tf.Examples: reads `conveyor serve`'s PredictionLog files for one model and
+sorts each request's examples into the window being checked or the window before it, counting what
+cannot be read (a corrupt or truncated file, another model's records, requests whose examples do not
+parse) instead of failing on it, so what can be read is still analysed."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from serving.request_log import IN_PROGRESS_SUFFIX, LOG_SUFFIX, log_files
+
+# The request input that holds serialized tf.Examples in a logged Predict request (serving_default's).
+EXAMPLES_INPUT = "examples"
+
+
+class LogsUnavailable(RuntimeError):
+    """There are no request logs to read for the model, or none of them can be read; the message says why."""
+
+
+@dataclass
+class Window:
+    """The logged traffic of one time window [start, end), in UTC seconds."""
+
+    start: float
+    end: float
+    examples: list[bytes] = field(default_factory=list)
+    requests: int = 0
+    # Requests by the version that answered them, and by the sampling rate they were logged at.
+    versions: Counter = field(default_factory=Counter)
+    rates: Counter = field(default_factory=Counter)
+
+    @property
+    def estimated_requests(self) -> int:
+        """The requests served in the window, estimated from the logged ones and their sampling rates."""
+        return round(sum(count / rate for rate, count in self.rates.items() if rate > 0))
+
+
+@dataclass
+class Traffic:
+    """What the logs hold for one model: the checked window, the one before it, and what was left out."""
+
+    model: str
+    files: int
+    current: Window
+    previous: Window
+    version: Optional[int]  # the version whose requests `current` holds (None: no request in the window)
+    other_models: int = 0  # records naming another model
+    other_versions: int = 0  # requests of the window answered by another version than `version`
+    bad_records: int = 0  # records that do not parse as a PredictionLog, or hold no readable examples
+    bad_examples: int = 0  # logged examples that do not parse as tf.Example
+    outside: int = 0  # records older than the previous window or newer than the current one
+    in_progress: int = 0  # files still being written, not read
+    unreadable: list[str] = field(default_factory=list)  # "<file>: <reason>" for files read in part or not at all
+
+    def problems(self) -> list[str]:
+        """One line for each kind of input left out, with its count."""
+        lines = [f"{u}" for u in self.unreadable]
+        for count, text in (
+            (self.bad_records, "logged requests unreadable (not a PredictionLog, or no tf.Examples in it)"),
+            (self.bad_examples, "logged examples that do not parse as tf.Example"),
+            (self.other_models, "records of another model in this model's log directory"),
+            (self.other_versions, f"requests answered by another version than {self.version} (see --version)"),
+            (self.in_progress, "log files still being written (read once the server closes them)"),
+        ):
+            if count:
+                lines.append(f"{count:,} {text}")
+        return lines
+
+
+@dataclass(frozen=True)
+class _Record:
+    timestamp: float
+    version: int
+    rate: float
+    examples: tuple[bytes, ...]
+
+
+def read_traffic(root: str | Path, model: str, start: float, end: float, version: Optional[int] = None) -> Traffic:
+    """The model's logged requests in [start, end) and in the window of the same length before it.
+
+    Args:
+      root: the request-log root (`<output>/request_logs`), holding one directory per model.
+      model: the model whose logs are read.
+      start: the checked window's start, UTC seconds.
+      end: its end, UTC seconds.
+      version: keep only the requests this version answered in the checked window; default: the version
+        that answered most of them. The previous window keeps every version's: drift is about traffic.
+
+    Returns:
+      The traffic of both windows and the counts of what was left out.
+
+    Raises:
+      LogsUnavailable: the model has no log directory or no finished log file, or no file can be read.
+    """
+    directory = Path(root) / model
+    if not directory.is_dir():
+        raise LogsUnavailable(f"no request logs for model '{model}' in {root} (serve with --request-log-rate)")
+    files = log_files(root, model)
+    in_progress = len(list(directory.glob(f"*{LOG_SUFFIX}{IN_PROGRESS_SUFFIX}")))
+    if not files:
+        still = f"; {in_progress} still being written" if in_progress else ""
+        raise LogsUnavailable(f"no finished request-log files in {directory}{still}")
+    length = end - start
+    traffic = Traffic(
+        model, len(files), Window(start, end), Window(start - length, start), None, in_progress=in_progress
+    )
+    records: list[_Record] = []
+    read_any = False
+    for path in files:
+        payloads, error = _payloads(path)
+        read_any = read_any or bool(payloads) or error is None
+        if error is not None:
+            traffic.unreadable.append(f"{path.name}: {error} ({len(payloads)} records read before it)")
+        for data in payloads:
+            record = _record(data, model, traffic)
+            if record is None:
+                continue
+            if traffic.previous.start <= record.timestamp < end:
+                records.append(record)
+            else:
+                traffic.outside += 1
+    if not read_any:
+        raise LogsUnavailable(
+            f"none of the {len(files)} request-log files in {directory} can be read: {traffic.unreadable[0]}"
+        )
+    current = [r for r in records if r.timestamp >= start]
+    if version is None and current:
+        version = Counter(r.version for r in current).most_common(1)[0][0]
+    traffic.version = version
+    for r in records:
+        if r.timestamp < start:
+            _add(traffic.previous, r)
+        elif r.version == version:
+            _add(traffic.current, r)
+        else:
+            traffic.other_versions += 1
+    return traffic
+
+
+def _add(window: Window, record: _Record) -> None:
+    window.examples.extend(record.examples)
+    window.requests += 1
+    window.versions[record.version] += 1
+    window.rates[record.rate] += 1
+
+
+def _payloads(path: Path) -> tuple[list[bytes], Optional[str]]:
+    """The file's records and, when it cannot be read to its end (truncated, corrupt), why."""
+    import tensorflow as tf
+
+    payloads: list[bytes] = []
+    try:
+        for data in tf.data.TFRecordDataset(str(path)):
+            payloads.append(data.numpy())
+    except (tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.InvalidArgumentError) as err:
+        return payloads, f"{type(err).__name__}: {err.message.splitlines()[0] if err.message else err}"
+    return payloads, None
+
+
+def _record(data: bytes, model: str, traffic: Traffic) -> Optional[_Record]:
+    """One logged request of `model` with its examples, or None (counted in `traffic`)."""
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.example import example_pb2
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    try:
+        log = prediction_log_pb2.PredictionLog.FromString(data)
+    except DecodeError:
+        traffic.bad_records += 1
+        return None
+    spec = log.log_metadata.model_spec
+    if spec.name != model:
+        traffic.other_models += 1
+        return None
+    serialized = _serialized_examples(log)
+    if not serialized:
+        traffic.bad_records += 1
+        return None
+    examples = []
+    for item in serialized:
+        try:
+            example_pb2.Example.FromString(item)
+        except DecodeError:
+            traffic.bad_examples += 1
+            continue
+        examples.append(item)
+    if not examples:
+        traffic.bad_records += 1
+        return None
+    meta = log.log_metadata
+    return _Record(
+        float(meta.timestamp_secs), int(spec.version.value), meta.sampling_config.sampling_rate, tuple(examples)
+    )
+
+
+def _serialized_examples(log) -> list[bytes]:
+    """The serialized tf.Examples a logged request carried: a Predict request's `examples` input, or the
+    Input of a Classify, Regress or MultiInference request (an example list, with or without context)."""
+    from serving.protos import serialized_examples
+
+    kind = log.WhichOneof("log_type")
+    if kind == "predict_log":
+        inputs = log.predict_log.request.inputs
+        return list(inputs[EXAMPLES_INPUT].string_val) if EXAMPLES_INPUT in inputs else []
+    part = {"classify_log": log.classify_log, "regress_log": log.regress_log}.get(kind)
+    if part is None and kind == "multi_inference_log":
+        part = log.multi_inference_log
+    if part is None:
+        return []
+    try:
+        return [bytes(s) for s in serialized_examples(part.request.input)]
+    except ValueError:  # an empty Input: counted by the caller as a request without examples
+        return []
