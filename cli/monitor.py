@@ -183,8 +183,37 @@ def _print(result, html_path: Path, md_path: Path) -> None:
     print(f"  report: {html_path} (opens offline)\n  markdown: {md_path}")
 
 
-def last_check(output_dir: str, model: str) -> Optional[tuple[Path, dict]]:
-    """The newest `conveyor monitor` result for the model under the output directory, or None."""
-    from serving.monitor_report import last_result
+def version_lines(output_dir: str, log_dir: Optional[str], model: str, version: int) -> list[str]:
+    """What `conveyor models show VERSION` says about serving: the traffic the version answered (from the
+    request logs) and its newest monitoring check."""
+    from serving.defaults import REQUEST_LOGS_SUBDIR
+    from serving.monitor_report import RESULT_JSON
+    from serving.request_examples import version_traffic
 
-    return last_result(Path(output_dir) / MONITORING_SUBDIR, model)
+    root = Path(log_dir) if log_dir else Path(output_dir) / REQUEST_LOGS_SUBDIR
+    served = version_traffic(root, model).get(version)
+    lines = ["  serving (request logs):"]
+    if served is None:
+        lines.append(f"    no logged requests in {root / model} (conveyor serve --request-log-rate)")
+    else:
+        first, last = (
+            dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
+            for t in (served.first, served.last)
+        )
+        lines.append(
+            f"    {served.requests:,} logged requests ({served.examples:,} examples), standing for about "
+            f"{round(served.estimated_requests):,} served, {first} to {last}"
+        )
+    checks = sorted(Path(output_dir, MONITORING_SUBDIR, model).glob(f"*/{RESULT_JSON}"), key=lambda p: p.parent.name)
+    for path in reversed(checks):
+        result = json.loads(path.read_text(encoding="utf-8"))
+        if result.get("version") != version:
+            continue
+        findings = result.get("findings", [])
+        said = f"{result['verdict']}" + (
+            f" ({len(findings)}: {', '.join(sorted({f['feature'] for f in findings}))})" if findings else ""
+        )
+        lines.append(f"  last monitoring check ({path.parent.name}): {said}; report {path.with_name('report.html')}")
+        return lines
+    lines.append("  last monitoring check: none (conveyor monitor)")
+    return lines

@@ -85,6 +85,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_show(args: argparse.Namespace) -> int:
+    from cli.monitor import version_lines
     from registry.record import describe
     from registry.versions import versions
 
@@ -96,6 +97,7 @@ def cmd_models_show(args: argparse.Namespace) -> int:
         print(f"error: version {args.version} was never pushed to {model_dir} (versions: {known})", file=sys.stderr)
         return EXIT_USAGE
     print("\n".join(describe(records[args.version], config)))
+    print("\n".join(version_lines(args.output_dir, None, config.model_name, args.version)))
     return EXIT_OK
 
 

@@ -15,8 +15,8 @@ import apache_beam as beam
 from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
 
 from components.data_gate.anomalies import drift, skew
-from serving.models import not_served
 from serving.request_examples import Traffic
+from serving.servable import not_served
 
 DEFAULT_MIN_EXAMPLES = 100
 CLEAN, FINDINGS, NO_VERDICT = "clean", "findings", "no verdict"

@@ -147,11 +147,3 @@ def write(check: Check, directory: Path, feature_charts: FeatureCharts) -> tuple
     paths[1].write_text(markdown(check), encoding="utf-8")
     paths[2].write_text(json.dumps(check.to_json(), indent=2) + "\n", encoding="utf-8")
     return paths
-
-
-def last_result(root: str | Path, model: str) -> Optional[tuple[Path, dict]]:
-    """The newest check's result.json under `<root>/<model>/`, or None when the model was never checked."""
-    checks = sorted(Path(root, model).glob(f"*/{RESULT_JSON}"), key=lambda p: p.parent.name)
-    if not checks:
-        return None
-    return checks[-1], json.loads(checks[-1].read_text(encoding="utf-8"))

@@ -214,3 +214,33 @@ def _serialized_examples(log) -> list[bytes]:
         return [bytes(s) for s in serialized_examples(part.request.input)]
     except ValueError:  # an empty Input: counted by the caller as a request without examples
         return []
+
+
+@dataclass
+class Served:
+    """What the logs say one version answered: logged requests and examples, and when."""
+
+    requests: int = 0
+    examples: int = 0
+    estimated_requests: float = 0.0  # each logged request counts 1 / its sampling rate
+    first: Optional[float] = None
+    last: Optional[float] = None
+
+
+def version_traffic(root: str | Path, model: str) -> dict[int, Served]:
+    """The traffic each version of the model answered, from every finished log file (unreadable records are
+    skipped; a missing log directory is no traffic)."""
+    served: dict[int, Served] = {}
+    scratch = Traffic(model, 0, Window(0, 0), Window(0, 0), None)
+    for path in log_files(root, model):
+        for data in _payloads(path)[0]:
+            record = _record(data, model, scratch)
+            if record is None:
+                continue
+            entry = served.setdefault(record.version, Served())
+            entry.requests += 1
+            entry.examples += len(record.examples)
+            entry.estimated_requests += 1 / record.rate if record.rate > 0 else 0
+            entry.first = min(entry.first or record.timestamp, record.timestamp)
+            entry.last = max(entry.last or record.timestamp, record.timestamp)
+    return served

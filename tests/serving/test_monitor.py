@@ -176,3 +176,18 @@ def test_absent_empty_or_unreadable_logs_exit_2_with_one_line(capsys, e2e_config
     (tmp_path / "bad" / "taxi" / "requests-1.tfrecord").write_bytes(b"not a tfrecord at all")
     code, out, err = _monitor(capsys, e2e_config, tmp_path / "bad")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "none of the 1 request-log files" in err
+
+
+def test_models_show_says_what_the_version_served_and_its_last_check(capsys, e2e_config, logged, served):
+    log_root, start, middle = logged
+    output_dir = Path(e2e_config.output.serving_root).parent
+    code, out, _ = _monitor(capsys, e2e_config, log_root, *_window(middle, middle + (middle - start) + 5), "--json")
+    assert code == 1 and json.loads(out)["verdict"] == "findings"
+    shutil.copytree(log_root, output_dir / "request_logs", dirs_exist_ok=True)  # where conveyor serve logs by default
+    argv = ["models", "show", str(served.version), "--config", str(TAXI_CONFIG), "--output-dir", str(output_dir)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "logged requests (800 examples), standing for about 17 served" in out
+    assert f"{1 + 4 + 4 + 4 + 4:,} logged requests" in out
+    check = next(line for line in out.splitlines() if "last monitoring check" in line)
+    assert f"findings (5: {SCALED}, {SHIFTED}, {DROPPED})" in check and "report.html" in check
