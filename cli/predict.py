@@ -7,6 +7,7 @@ line and no output written.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -66,11 +67,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
 
     config = load_config(args.config, output_dir=args.output_dir)
-    with library_logs_to(Path(args.output_dir) / "logs" / PREDICT_LOG):
-        return _predict(args, config)
+    log_path = Path(args.output_dir) / "logs" / PREDICT_LOG
+    with library_logs_to(log_path):
+        return _predict(args, config, log_path)
 
 
-def _predict(args: argparse.Namespace, config) -> int:
+def _predict(args: argparse.Namespace, config, log_path: Path) -> int:
     from serving import batch_predict as bp
 
     model = args.model or config.model_name
@@ -86,9 +88,15 @@ def _predict(args: argparse.Namespace, config) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     print(f"scoring {len(files)} file(s) with {model} version {version} ({target.task}, {target.signature})")
-    summary = bp.predict(
-        target, files, output, args.format, args.keep, beam_args(config.beam_args, args.beam_arg, files)
-    )
+    try:
+        summary = bp.predict(
+            target, files, output, args.format, args.keep, beam_args(config.beam_args, args.beam_arg, files)
+        )
+    except Exception as err:  # a runner re-raises a worker's failure as whatever it was; the log keeps the trace
+        logging.getLogger(__name__).exception("batch prediction failed")
+        last = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+        print(f"error: batch prediction failed, no output written: {last} (see {log_path})", file=sys.stderr)
+        return EXIT_FAILED
     print(f"predict {model} version {version}: {summary.rows_in:,} rows in {summary.seconds:.1f} s")
     print(f"  scored    {summary.scored:>10,}")
     print(f"  rejected  {summary.rejected:>10,}")

@@ -236,3 +236,134 @@ def test_models_show_states_change_bounds_in_each_metrics_direction(task_runs, c
         assert main(["models", "show", str(version), "--config", str(config.source), "--output-dir", output_dir]) == 0
         lines = [line for line in capsys.readouterr().out.splitlines() if "candidate - baseline" in line]
         assert any(metric in line and bound in line for line in lines), (bound, lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# conveyor predict (issue 19): batch scoring on Beam with the pushed version, checked against serving_default.
+
+PREDICT_ROWS = 200
+# Where bad rows go in the scored file (1-based file lines; the header is line 1), and what is wrong with each.
+BAD_ROWS = {5: "x2 not a number", 60: "too few fields", 150: "x2 missing"}
+# Each task's run also covers one output format and one way of naming the version.
+PREDICT_RUNS = {"binary": ("csv", "newest"), "multiclass": ("parquet", "version"), "regression": ("tfrecord", "label")}
+
+
+def _predict_table(config, path: Path) -> tuple[list[dict], dict[int, str]]:
+    """PREDICT_ROWS good rows with a row_id column, and BAD_ROWS interleaved; returns the good rows and the bad
+    rows' file lines."""
+    header, rows = dataset(config.task, n=PREDICT_ROWS, seed=7)
+    good = [{"row_id": f"r{i}", **dict(zip(header, r, strict=True))} for i, r in enumerate(rows)]
+    columns = ["row_id", *header]
+    lines: list[list[str]] = [[row[c] for c in columns] for row in good]
+    bad_lines = {}
+    for line, problem in sorted(BAD_ROWS.items()):
+        row = dict(good[0], row_id=f"bad{line}")
+        if problem == "x2 not a number":
+            row["x2"] = "abc"
+        elif problem == "x2 missing":
+            row["x2"] = ""
+        values = [row[c] for c in columns]
+        lines.insert(line - 2, values[:3] if problem == "too few fields" else values)
+        bad_lines[line] = problem
+    write_csv(path, columns, lines)
+    return good, bad_lines
+
+
+def _read_predictions(output: Path, fmt: str) -> list[dict]:
+    import csv
+
+    files = sorted(output.glob(f"predictions-*.{fmt}"))
+    assert files, list(output.iterdir())
+    if fmt == "csv":
+        return [row for f in files for row in csv.DictReader(f.open(encoding="utf-8"))]
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return [row for f in files for row in pq.read_table(f).to_pylist()]
+    rows = []
+    for record in tf.data.TFRecordDataset([str(f) for f in files]):
+        example = tf.train.Example.FromString(record.numpy())
+        row = {}
+        for name, feature in example.features.feature.items():
+            kind = feature.WhichOneof("kind")
+            value = getattr(feature, kind).value[0]
+            row[name] = value.decode() if kind == "bytes_list" else value
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_predict_scores_every_row_as_serving_default_does(task_runs, task, tmp_path, capsys):
+    """`conveyor predict` on Beam: rows in = scored + rejected, rejected rows named by line with a reason, and
+    each scored row's outputs equal serving_default's answer for it to 1e-6."""
+    import csv
+
+    config, *_ = task_runs[task]
+    fmt, naming = PREDICT_RUNS[task]
+    good, bad_lines = _predict_table(config, tmp_path / "in" / "table.csv")
+    version = list_versions(config.serving_model_dir)[-1]
+    which = {"newest": [], "version": ["--version", str(version)], "label": ["--label", "stable"]}[naming]
+    output = tmp_path / "scored"
+    output_dir = str(Path(config.output.metadata_path).parent)
+    argv = ["predict", "--data", str(tmp_path / "in"), "--config", str(config.source), "--output-dir", output_dir]
+    code = main([*argv, "--output", str(output), "--format", fmt, "--keep", "row_id", *which])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    total = PREDICT_ROWS + len(BAD_ROWS)
+    assert re.search(rf"^  scored +{PREDICT_ROWS}$", out, re.M), out
+    assert re.search(rf"^  rejected +{len(BAD_ROWS)}$", out, re.M), out
+    assert re.search(rf"^  rows in +{total}  \([\d,]+ rows/s\)$", out, re.M), out
+    assert f"predictions: {output}/predictions-" in out and f"rejected rows: {output}/rejected-" in out
+    assert "Traceback" not in out + err
+    assert not list(tmp_path.glob(".scored.partial-*")), "the partial directory was renamed into place"
+
+    rejected = [r for f in sorted(output.glob("rejected-*.csv")) for r in csv.DictReader(f.open(encoding="utf-8"))]
+    assert sorted(int(r["line"]) for r in rejected) == sorted(bad_lines)
+    reasons = {int(r["line"]): r["reason"] for r in rejected}
+    assert "x2" in reasons[5] and "FLOAT" in reasons[5], reasons
+    assert "fields where the header has" in reasons[60], reasons
+    assert "x2" in reasons[150], reasons
+
+    scored = {r["row_id"]: r for r in _read_predictions(output, fmt)}
+    assert sorted(scored) == sorted(r["row_id"] for r in good)
+    model = tf.saved_model.load(f"{config.serving_model_dir}/{version}")
+    _, schema = read_schema(config.schema_path)
+    examples = tf.constant([to_example(r, schema, skip=[config.label, "row_id"]).SerializeToString() for r in good])
+    want = {k: v.numpy() for k, v in model.signatures["serving_default"](examples=examples).items()}
+    ids = [r["row_id"] for r in good]
+    if task == "regression":
+        got = np.array([float(scored[i]["value"]) for i in ids])
+        np.testing.assert_allclose(got, want["value"][:, 0], rtol=0, atol=1e-6)
+        return
+    top = [config.classes[k] for k in want["scores"].argmax(axis=1)]
+    assert [scored[i]["class"] for i in ids] == top
+    if task == "binary":
+        got = np.array([float(scored[i]["probability"]) for i in ids])
+        np.testing.assert_allclose(got, want["probabilities"][:, 0], rtol=0, atol=1e-6)
+    else:
+        got = np.array([[float(scored[i][f"score_{c}"]) for c in config.classes] for i in ids])
+        np.testing.assert_allclose(got, want["scores"], rtol=0, atol=1e-6)
+
+
+def test_predict_refuses_bad_input_in_one_line_and_writes_nothing(task_runs, tmp_path, capsys):
+    config, *_ = task_runs["binary"]
+    header, rows = dataset("binary", n=5, seed=3)
+    table = write_csv(tmp_path / "ok.csv", header, rows)
+    without_x2 = write_csv(tmp_path / "no_x2.csv", [h for h in header if h != "x2"], [r[:1] + r[2:] for r in rows])
+    output_dir = str(Path(config.output.metadata_path).parent)
+    base = ["predict", "--config", str(config.source), "--output-dir", output_dir]
+    cases = {
+        "missing path": (["--data", str(tmp_path / "nowhere.csv")], "nowhere.csv does not exist"),
+        "unknown model": (["--data", str(table), "--model", "nosuch"], "unknown model 'nosuch'"),
+        "unknown version": (["--data", str(table), "--version", "12345"], "unknown version 12345"),
+        "unknown label": (["--data", str(table), "--label", "golden"], "unknown label 'golden'"),
+        "header lacks a feature": (["--data", str(without_x2)], "the header lacks 'x2'"),
+        "unknown --keep column": (["--data", str(table), "--keep", "trip_id"], "lacks 'trip_id', named by --keep"),
+    }
+    for case, (args, message) in cases.items():
+        output = tmp_path / "out" / case.replace(" ", "_")
+        code = main([*base, *args, "--output", str(output)])
+        out, err = capsys.readouterr()
+        assert code == 2, (case, out, err)
+        assert err.count("\n") == 1 and err.startswith("error: ") and message in err, (case, err)
+        assert out == "" and not (tmp_path / "out").exists(), case
