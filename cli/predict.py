@@ -68,6 +68,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, output_dir=args.output_dir)
     log_path = Path(args.output_dir) / "logs" / PREDICT_LOG
+    # Multi-processing Beam workers are fresh interpreters: keep their import-time FutureWarnings off the terminal.
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
     with library_logs_to(log_path):
         return _predict(args, config, log_path)
 
@@ -87,7 +89,8 @@ def _predict(args: argparse.Namespace, config, log_path: Path) -> int:
     except bp.PredictError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"scoring {len(files)} file(s) with {model} version {version} ({target.task}, {target.signature})")
+    what = files[0] if len(files) == 1 else f"{len(files)} files in {Path(files[0]).parent}"
+    print(f"scoring {what} with {model} version {version} ({target.task}, {target.signature} signature)")
     try:
         summary = bp.predict(
             target, files, output, args.format, args.keep, beam_args(config.beam_args, args.beam_arg, files)

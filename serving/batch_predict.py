@@ -337,12 +337,15 @@ class _Progress(beam.DoFn):
         self._scored = beam.metrics.Metrics.counter(NAMESPACE, "scored")
 
     def setup(self):
-        self._count, self._start, self._said = 0, time.monotonic(), time.monotonic()
+        self._count, self._start, self._said = 0, 0.0, 0.0
 
     def process(self, row):
         self._scored.inc()
-        self._count += 1
         now = time.monotonic()
+        if not self._count:
+            # From the first row, not from setup: loading the model is not scoring.
+            self._start = self._said = now
+        self._count += 1
         if now - self._said >= PROGRESS_SECONDS:
             self._said = now
             rate = self._count / max(now - self._start, 1e-9)
