@@ -108,13 +108,13 @@ def _options(args: argparse.Namespace) -> dict:
         batching = BatchingParameters()
     if not 0.0 <= args.request_log_rate <= 1.0:
         raise ValueError(f"--request-log-rate must be between 0 and 1, got {args.request_log_rate}")
-    request_log = None
-    if args.request_log_rate > 0:
-        root = Path(args.request_log_dir or Path(args.output_dir) / REQUEST_LOGS_SUBDIR)
-        request_log = RequestLog(root, args.request_log_rate)
     config_file = args.model_config_file
     if config_file and not Path(config_file).is_file():
         raise ValueError(f"--model-config-file {config_file} does not exist")
+    request_log = None
+    if args.request_log_rate > 0:  # last: it starts the log's writer thread
+        root = Path(args.request_log_dir or Path(args.output_dir) / REQUEST_LOGS_SUBDIR)
+        request_log = RequestLog(root, args.request_log_rate)
     return {
         "grpc_port": None if args.no_grpc else args.grpc_port,
         "model_config_file": config_file,
@@ -141,6 +141,11 @@ def main(args: argparse.Namespace) -> int:
     if not args.max_body_bytes > 0:
         print(f"error: {MAX_BODY_FLAG} must be positive, got {args.max_body_bytes}", file=sys.stderr)
         return 2
+    try:
+        options = _options(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("conveyor serve: %(message)s"))
@@ -148,11 +153,6 @@ def main(args: argparse.Namespace) -> int:
         log.setLevel(logging.INFO)
         log.propagate = False
     serving_root = Path(args.output_dir) / SERVING_SUBDIR
-    try:
-        options = _options(args)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     server = ModelServer(
         serving_root, args.host, args.port, args.poll_seconds, max_body_bytes=args.max_body_bytes, **options
     )
