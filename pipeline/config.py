@@ -185,6 +185,9 @@ class PipelineConfig:
     # Spans: `span_pattern` is set when the data root holds span-<N>/ directories; `span` picks one
     # (None: the newest); `window` trains on the last K spans and evaluates on the newest.
     serving_data_root: Optional[str] = None
+    # `data.serving_root` naming `conveyor serve`'s request logs (a model's log directory, or the log root
+    # holding one for `model_name`) instead of CSV: the data gate reads the logged requests for skew.
+    serving_request_logs: Optional[str] = None
     span_pattern: Optional[str] = None
     span: Optional[int] = None
     window: int = 1
@@ -498,6 +501,7 @@ def parse_config(
                 "serving.model_name",
                 f"'{model_name}' must be letters, digits, '_', '-' or '.' (no path separators or '..')",
             )
+        logs = _request_logs(serving_root, model_name) if serving_root else None
         beam = raw.get("beam", {}) or {}
         _check_keys(beam, {"args"}, set(), "beam.")
         beam_args = tuple(_typed(a, str, "beam.args") for a in _typed(beam.get("args", []), list, "beam.args"))
@@ -521,7 +525,8 @@ def parse_config(
                 lock_wait=_positive((raw.get("metadata") or {}).get("lock_wait", 0), "metadata.lock_wait", float, 0.0),
             ),
             keep_versions=keep_versions,
-            serving_data_root=str(serving_root.resolve()) if serving_root else None,
+            serving_data_root=str(serving_root.resolve()) if serving_root and not logs else None,
+            serving_request_logs=str(logs.resolve()) if logs else None,
             span_pattern=SPAN_PATTERN if spans else None,
             window=window,
             model=_parse_model(raw.get("model", {}) or {}),
@@ -533,6 +538,15 @@ def parse_config(
         )
     except ConfigError as err:
         raise ConfigError(err.key, err.problem, source) from None
+
+
+def _request_logs(serving_root: Path, model_name: str) -> Optional[Path]:
+    """The request-log directory `data.serving_root` names (its own `*.tfrecord` files, or those of
+    `<serving_root>/<model_name>/`, as `conveyor serve` writes them), or None for CSV serving data."""
+    for candidate in (serving_root, serving_root / model_name):
+        if candidate.is_dir() and any(candidate.glob("*.tfrecord*")):
+            return candidate
+    return None
 
 
 def load_config(

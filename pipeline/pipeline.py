@@ -137,7 +137,7 @@ def _example_gen(config: PipelineConfig) -> CsvExampleGen:
 
 def _serving_statistics(config: PipelineConfig) -> tuple[list, object]:
     """With `data.serving_root`, statistics of the serving data for the gate's skew check."""
-    if not config.serving_data_root:
+    if not config.serving_data_root:  # none, or request logs: the data gate reads those itself
         return [], None
     serving_example_gen = CsvExampleGen(
         input_base=config.serving_data_root,
@@ -265,6 +265,7 @@ def create_pipeline(config: PipelineConfig, data_stages_only: bool = False) -> P
         schema=import_schema_gen.outputs["schema"],
         previous_statistics=previous_statistics_resolver.outputs["statistics"],
         **({"serving_statistics": serving_statistics} if serving_statistics is not None else {}),
+        **({"serving_request_logs": config.serving_request_logs} if config.serving_request_logs else {}),
     )
     training_examples, window_nodes = _training_examples(config, example_gen)
     transform = Transform(

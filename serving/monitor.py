@@ -5,20 +5,18 @@ compares them. The verdict is refused, not guessed, below a minimum sample size.
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Optional
 
-import apache_beam as beam
 from tensorflow_metadata.proto.v0 import schema_pb2, statistics_pb2
 
 from components.data_gate.anomalies import drift, skew
+from components.request_logs import MIN_EXAMPLES, statistics
 from serving.request_examples import Traffic
 from serving.servable import not_served
 
-DEFAULT_MIN_EXAMPLES = 100
+DEFAULT_MIN_EXAMPLES = MIN_EXAMPLES
 CLEAN, FINDINGS, NO_VERDICT = "clean", "findings", "no verdict"
 # Finding kinds, in the order they are reported: a feature that never arrives explains the rest.
 NEVER_IN_SERVING, SKEW, DRIFT, ANOMALY = "never in serving", "skew", "drift", "anomaly"
@@ -121,52 +119,6 @@ class Check:
             "measurements": [asdict(m) | {"exceeded": m.exceeded} for m in self.measurements],
             "notes": self.notes,
         }
-
-
-def statistics(
-    examples: Mapping[str, Sequence[bytes]], beam_args: Sequence[str] = ()
-) -> dict[str, statistics_pb2.DatasetFeatureStatisticsList]:
-    """TFDV's statistics of each set of serialized tf.Examples, in one Beam pipeline (StatisticsGen's
-    default options, so they compare with the training statistics it made).
-
-    Args:
-      examples: a name for each set, and its serialized examples (sets without any are skipped).
-      beam_args: Beam pipeline options (default: the DirectRunner in process).
-
-    Returns:
-      The statistics of each non-empty set, by name.
-    """
-    import tensorflow_data_validation as tfdv
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    wanted = {name: list(items) for name, items in examples.items() if items}
-    if not wanted:
-        return {}
-    with tempfile.TemporaryDirectory(prefix="conveyor-monitor-") as scratch:
-        paths = {name: str(Path(scratch) / f"{name}.pb") for name in wanted}
-        with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
-            for name, items in wanted.items():
-                _ = (
-                    pipeline
-                    | f"Read {name}" >> beam.Create(items, reshuffle=False)
-                    | f"Batch {name}" >> beam.BatchElements(min_batch_size=64, max_batch_size=1000)
-                    | f"Decode {name}" >> beam.ParDo(_DecodeExamples())
-                    | f"Statistics {name}" >> tfdv.GenerateStatistics(tfdv.StatsOptions())
-                    | f"Write {name}" >> tfdv.WriteStatisticsToBinaryFile(paths[name])
-                )
-        return {name: tfdv.load_stats_binary(path) for name, path in paths.items()}
-
-
-class _DecodeExamples(beam.DoFn):
-    """Serialized tf.Examples to an Arrow RecordBatch, as TFX's TFXIO reads them for StatisticsGen."""
-
-    def setup(self):
-        from tfx_bsl.coders import example_coder
-
-        self._decoder = example_coder.ExamplesToRecordBatchDecoder()
-
-    def process(self, batch):
-        yield self._decoder.DecodeBatch(list(batch))
 
 
 def check(

@@ -10,10 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from components.request_logs import logged_examples, parse_log, parseable, read_payloads
 from serving.request_log import IN_PROGRESS_SUFFIX, LOG_SUFFIX, log_files
-
-# The request input that holds serialized tf.Examples in a logged Predict request (serving_default's).
-EXAMPLES_INPUT = "examples"
 
 
 class LogsUnavailable(RuntimeError):
@@ -110,7 +108,7 @@ def read_traffic(root: str | Path, model: str, start: float, end: float, version
     records: list[_Record] = []
     read_any = False
     for path in files:
-        payloads, error = _payloads(path)
+        payloads, error = read_payloads(path)
         read_any = read_any or bool(payloads) or error is None
         if error is not None:
             traffic.unreadable.append(f"{path.name}: {error} ({len(payloads)} records read before it)")
@@ -147,73 +145,23 @@ def _add(window: Window, record: _Record) -> None:
     window.rates[record.rate] += 1
 
 
-def _payloads(path: Path) -> tuple[list[bytes], Optional[str]]:
-    """The file's records and, when it cannot be read to its end (truncated, corrupt), why."""
-    import tensorflow as tf
-
-    payloads: list[bytes] = []
-    try:
-        for data in tf.data.TFRecordDataset(str(path)):
-            payloads.append(data.numpy())
-    except (tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.InvalidArgumentError) as err:
-        return payloads, f"{type(err).__name__}: {err.message.splitlines()[0] if err.message else err}"
-    return payloads, None
-
-
 def _record(data: bytes, model: str, traffic: Traffic) -> Optional[_Record]:
     """One logged request of `model` with its examples, or None (counted in `traffic`)."""
-    from google.protobuf.message import DecodeError
-    from tensorflow.core.example import example_pb2
-    from tensorflow_serving.apis import prediction_log_pb2
-
-    try:
-        log = prediction_log_pb2.PredictionLog.FromString(data)
-    except DecodeError:
-        traffic.bad_records += 1
-        return None
-    spec = log.log_metadata.model_spec
-    if spec.name != model:
-        traffic.other_models += 1
-        return None
-    serialized = _serialized_examples(log)
-    if not serialized:
-        traffic.bad_records += 1
-        return None
-    examples = []
-    for item in serialized:
-        try:
-            example_pb2.Example.FromString(item)
-        except DecodeError:
-            traffic.bad_examples += 1
-            continue
-        examples.append(item)
-    if not examples:
+    log = parse_log(data)
+    if log is None:
         traffic.bad_records += 1
         return None
     meta = log.log_metadata
-    return _Record(
-        float(meta.timestamp_secs), int(spec.version.value), meta.sampling_config.sampling_rate, tuple(examples)
-    )
-
-
-def _serialized_examples(log) -> list[bytes]:
-    """The serialized tf.Examples a logged request carried: a Predict request's `examples` input, or the
-    Input of a Classify, Regress or MultiInference request (an example list, with or without context)."""
-    from serving.protos import serialized_examples
-
-    kind = log.WhichOneof("log_type")
-    if kind == "predict_log":
-        inputs = log.predict_log.request.inputs
-        return list(inputs[EXAMPLES_INPUT].string_val) if EXAMPLES_INPUT in inputs else []
-    part = {"classify_log": log.classify_log, "regress_log": log.regress_log}.get(kind)
-    if part is None and kind == "multi_inference_log":
-        part = log.multi_inference_log
-    if part is None:
-        return []
-    try:
-        return [bytes(s) for s in serialized_examples(part.request.input)]
-    except ValueError:  # an empty Input: counted by the caller as a request without examples
-        return []
+    if meta.model_spec.name != model:
+        traffic.other_models += 1
+        return None
+    examples, bad = parseable(logged_examples(log))
+    traffic.bad_examples += bad
+    if not examples:
+        traffic.bad_records += 1
+        return None
+    rate = meta.sampling_config.sampling_rate
+    return _Record(float(meta.timestamp_secs), int(meta.model_spec.version.value), rate, tuple(examples))
 
 
 @dataclass
@@ -233,7 +181,7 @@ def version_traffic(root: str | Path, model: str) -> dict[int, Served]:
     served: dict[int, Served] = {}
     scratch = Traffic(model, 0, Window(0, 0), Window(0, 0), None)
     for path in log_files(root, model):
-        for data in _payloads(path)[0]:
+        for data in read_payloads(path)[0]:
             record = _record(data, model, scratch)
             if record is None:
                 continue

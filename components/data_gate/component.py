@@ -9,11 +9,12 @@ import json
 import os
 
 import tensorflow_data_validation as tfdv
-from tfx.dsl.component.experimental.annotations import InputArtifact
+from tfx.dsl.component.experimental.annotations import InputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types.standard_artifacts import ExampleAnomalies, ExampleStatistics, Schema
 
 from components.data_gate.anomalies import DataGateError, count_non_finite, drift, message, read_artifact, skew
+from components.request_logs import directory_statistics
 
 TRAINING_SPLIT = "train"
 SERVING_SPLIT = "serving"
@@ -31,16 +32,21 @@ def DataGate(
     schema: InputArtifact[Schema],
     previous_statistics: InputArtifact[ExampleStatistics] = None,
     serving_statistics: InputArtifact[ExampleStatistics] = None,
+    serving_request_logs: Parameter[str] = "",
 ) -> None:
     """Raises DataGateError listing every anomaly: ExampleValidator's, drift of the training split
     against the previous run's statistics under the schema's drift comparators, and, when serving
-    data is given, training/serving skew under its skew comparators."""
+    data is given (CSV statistics, or `conveyor serve`'s request-log directory read here, so every run
+    sees the newest logs), training/serving skew under its skew comparators."""
     found = count_non_finite(read_artifact(anomalies.uri, anomalies.split_names), lambda s: _split_stats(statistics, s))
     curated = tfdv.load_schema_text(os.path.join(schema.uri, "schema.pbtxt"))
-    if serving_statistics is not None:
+    served = _split_stats(serving_statistics, SERVING_SPLIT) if serving_statistics is not None else None
+    if serving_request_logs:
+        served, read = directory_statistics(serving_request_logs)
+        print(json.dumps({"data_gate": "serving request logs", "read": read}))
+    if served is not None:
         current = _split_stats(statistics, TRAINING_SPLIT)
-        served = _split_stats(serving_statistics, SERVING_SPLIT)
-        if current is not None and served is not None:
+        if current is not None:
             found += count_non_finite(skew(current, served, curated, f"{TRAINING_SPLIT} vs serving"), lambda _: served)
     if previous_statistics is not None and previous_statistics.uri != statistics.uri:
         current, previous = _split_stats(statistics, TRAINING_SPLIT), _split_stats(previous_statistics, TRAINING_SPLIT)

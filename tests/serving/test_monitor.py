@@ -66,26 +66,32 @@ def _post(server, path: str, body: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def logged(served, schema, not_served, small_taxi_dir, json_rows, tmp_path_factory):
-    """Request logs of the training rows as they are, then (past a second boundary) the shifted rows.
+    """Request logs of two server sessions: the training rows as they are, then (past a second boundary)
+    the shifted rows; both sessions' files in one log root, as one server's rotated files would be.
 
-    Returns (log root, first request's time, the time between the batches)."""
+    Returns (log root, first request's time, the time between the sessions, the shifted session's log
+    directory)."""
     rows = _rows(small_taxi_dir, not_served)
     as_is = rows[len(json_rows) :]
     # An empty CSV cell is an empty feature in training (present, no value): a JSON client sends null.
     pairs = zip(json_rows, rows[: len(json_rows)], strict=True)
     plain = [{name: sent.get(name) for name in row} for sent, row in pairs]
     assert any(value is None for row in plain for value in row.values())
-    log_root = tmp_path_factory.mktemp("monitor") / "request_logs"
+    base = tmp_path_factory.mktemp("monitor")
     start = time.time()
-    with ModelServer(served.root, port=0, grpc_port=0, request_log=RequestLog(log_root, 1.0)) as server:
+    with ModelServer(served.root, port=0, grpc_port=0, request_log=RequestLog(base / "as_is", 1.0)) as server:
         _post(server, f"/v1/models/{served.name}:classify", {"examples": plain})
         _send(server, served.name, [to_example(r, schema).SerializeToString() for r in as_is])
-        time.sleep(1.1)  # log times are whole seconds: the batches must not share one
-        middle = time.time()
-        time.sleep(1.1)
+    time.sleep(1.1)  # log times are whole seconds: the sessions must not share one
+    middle = time.time()
+    time.sleep(1.1)
+    with ModelServer(served.root, port=0, grpc_port=0, request_log=RequestLog(base / "shifted", 1.0)) as server:
         _send(server, served.name, [to_example(_shifted(r), schema).SerializeToString() for r in rows])
-    assert log_files(log_root, served.name)
-    return log_root, start, middle
+    log_root = base / "request_logs"
+    for session in ("as_is", "shifted"):
+        shutil.copytree(base / session, log_root, dirs_exist_ok=True)
+    assert len(log_files(log_root, served.name)) == 2
+    return log_root, start, middle, base / "shifted" / served.name
 
 
 def _monitor(capsys, e2e_config, log_root, *flags) -> tuple[int, str, str]:
@@ -102,7 +108,7 @@ def _window(since: float, end: float) -> list[str]:
 
 
 def test_training_like_traffic_is_clean_and_says_how_it_was_sampled(capsys, e2e_config, logged, served):
-    log_root, start, middle = logged
+    log_root, start, middle, _ = logged
     code, out, err = _monitor(capsys, e2e_config, log_root, *_window(int(start) - 1, middle), "--json")
     assert code == 0, out + err
     result = json.loads(out)
@@ -120,7 +126,7 @@ def test_training_like_traffic_is_clean_and_says_how_it_was_sampled(capsys, e2e_
 
 
 def test_shifted_traffic_is_flagged_on_exactly_those_features_never_sent_first(capsys, e2e_config, logged):
-    log_root, start, middle = logged
+    log_root, start, middle, _ = logged
     code, out, err = _monitor(capsys, e2e_config, log_root, *_window(middle, middle + (middle - start) + 5))
     assert code == 1, out + err
     lines = [line.strip() for line in out.splitlines()]
@@ -152,7 +158,7 @@ def test_shifted_traffic_is_flagged_on_exactly_those_features_never_sent_first(c
 
 
 def test_too_few_examples_get_no_verdict_and_unreadable_files_are_counted(capsys, e2e_config, logged, tmp_path):
-    log_root, start, middle = logged
+    log_root, start, middle, _ = logged
     copy = tmp_path / "request_logs"
     shutil.copytree(log_root, copy)
     (copy / "taxi" / "requests-zz-corrupt.tfrecord").write_bytes(b"\x07" * 40)
@@ -179,7 +185,7 @@ def test_absent_empty_or_unreadable_logs_exit_2_with_one_line(capsys, e2e_config
 
 
 def test_models_show_says_what_the_version_served_and_its_last_check(capsys, e2e_config, logged, served):
-    log_root, start, middle = logged
+    log_root, start, middle, _ = logged
     output_dir = Path(e2e_config.output.serving_root).parent
     code, out, _ = _monitor(capsys, e2e_config, log_root, *_window(middle, middle + (middle - start) + 5), "--json")
     assert code == 1 and json.loads(out)["verdict"] == "findings"
@@ -191,3 +197,30 @@ def test_models_show_says_what_the_version_served_and_its_last_check(capsys, e2e
     assert f"{1 + 4 + 4 + 4 + 4:,} logged requests" in out
     check = next(line for line in out.splitlines() if "last monitoring check" in line)
     assert f"findings (5: {SCALED}, {SHIFTED}, {DROPPED})" in check and "report.html" in check
+
+
+def test_the_data_gate_stops_a_run_whose_logged_traffic_skews(e2e_config, logged, tmp_path):
+    import io
+
+    import yaml
+
+    from pipeline.config import OutputConfig, load_config
+    from pipeline.runner import ComponentFailed, run_local
+
+    _, _, _, shifted = logged
+    raw = yaml.safe_load(TAXI_CONFIG.read_text())
+    raw["data"].update(root=e2e_config.data_root, serving_root=str(shifted.parent))  # the log root: taxi/ in it
+    raw["schema"] = e2e_config.schema_path
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    parsed = load_config(tmp_path / "config.yaml", output_dir=tmp_path / "out")
+    assert (parsed.serving_request_logs, parsed.serving_data_root) == (str(shifted), None)
+    config = e2e_config.replace(
+        serving_request_logs=parsed.serving_request_logs, output=OutputConfig.under(tmp_path / "out")
+    )
+    with pytest.raises(ComponentFailed) as err:
+        run_local(config, io.StringIO(), tmp_path / "logs")
+    assert err.value.node_id == "DataGate"
+    text = str(err.value.error)
+    assert f"{SHIFTED}: High Linfty distance between training and serving" in text
+    assert f"{DROPPED}: Column dropped" in text and "serving data" in text
+    assert not (tmp_path / "out" / "serving_model").exists()
