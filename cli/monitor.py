@@ -19,7 +19,7 @@ from cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_registry, library_
 MONITOR_LOG = "monitor.log"
 MONITORING_SUBDIR = "monitoring"
 DEFAULT_WINDOW_HOURS = 24.0
-DEFAULT_MIN_EXAMPLES = 100  # serving.monitor's, repeated so `--help` does not load TensorFlow
+DEFAULT_MIN_EXAMPLES = 100  # components.request_logs.MIN_EXAMPLES, repeated so `--help` loads no Beam
 
 
 def register(sub: argparse._SubParsersAction) -> None:
