@@ -367,3 +367,18 @@ def test_predict_refuses_bad_input_in_one_line_and_writes_nothing(task_runs, tmp
         assert code == 2, (case, out, err)
         assert err.count("\n") == 1 and err.startswith("error: ") and message in err, (case, err)
         assert out == "" and not (tmp_path / "out").exists(), case
+
+
+def test_predict_that_fails_on_beam_says_so_in_one_line_and_leaves_no_partial_output(task_runs, tmp_path, capsys):
+    config, *_ = task_runs["binary"]
+    header, rows = dataset("binary", n=5, seed=3)
+    table = write_csv(tmp_path / "ok.csv", header, rows)
+    output = tmp_path / "out" / "scored"
+    output_dir = str(Path(config.output.metadata_path).parent)
+    argv = ["predict", "--config", str(config.source), "--output-dir", output_dir, "--data", str(table)]
+    code = main([*argv, "--output", str(output), "--beam-arg=--runner=NoSuchRunner"])
+    out, err = capsys.readouterr()
+    assert code == 1, (out, err)
+    assert err.count("\n") == 1 and err.startswith("error: batch prediction failed, no output written: "), err
+    assert "NoSuchRunner" in err and "Traceback" not in err
+    assert list((tmp_path / "out").iterdir()) == [], "the partial directory is removed"
