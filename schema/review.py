@@ -467,7 +467,9 @@ Facets view: <a href="{FACETS_PAGE}">{FACETS_PAGE}</a> (needs the web for Facets
 
 
 def diff(data_path: str | Path, schema_path: str | Path, beam_args: Sequence[str] = ()) -> tuple[SchemaDiff, list[str]]:
-    """Statistics of the data (TFDV on Beam), the schema inferred from them, and the differences.
+    """Statistics of the data (TFDV on Beam), the schema inferred from them, and the differences. The data is
+    a CSV file or directory, or a directory of `conveyor serve` request logs (the examples logged requests
+    carried).
 
     Returns:
       The diff and the anomaly lines of the data against the curated schema.
@@ -475,8 +477,15 @@ def diff(data_path: str | Path, schema_path: str | Path, beam_args: Sequence[str
     Raises:
       DataReadError: the data cannot be read.
     """
-    from schema.check import csv_statistics, read_csv_input
+    from components.request_logs import directory_statistics, is_log_directory
+    from schema.check import DataReadError, csv_statistics, read_csv_input
 
+    if is_log_directory(data_path):  # `conveyor serve`'s request logs: what serving really sends
+        statistics, said = directory_statistics(data_path, min_examples=1)
+        if statistics is None:
+            raise DataReadError(data_path, said)
+        rows = int(statistics.datasets[0].num_examples)
+        return diff_statistics(statistics, schema_path, f"served traffic: {said}", rows)
     csv_input = read_csv_input(data_path)
     return diff_statistics(csv_statistics(csv_input, beam_args), schema_path, str(data_path), csv_input.rows)
 

@@ -224,3 +224,19 @@ def test_the_data_gate_stops_a_run_whose_logged_traffic_skews(e2e_config, logged
     assert f"{SHIFTED}: High Linfty distance between training and serving" in text
     assert f"{DROPPED}: Column dropped" in text and "serving data" in text
     assert not (tmp_path / "out" / "serving_model").exists()
+
+
+def test_schema_diff_reads_served_traffic_from_the_request_logs(capsys, e2e_config, logged, tmp_path):
+    """`conveyor schema diff --data-root <request-log directory>`: the curated schema against what serving
+    really sent, here the shifted session (a feature never sent, every payment type made Cash)."""
+    _, _, _, shifted = logged
+    capsys.readouterr()
+    argv = ["schema", "diff", "--config", str(TAXI_CONFIG), "--data-root", str(shifted), "--report-dir", str(tmp_path)]
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code in (0, 1), err
+    assert "served traffic: 8 logged requests (400 examples) in 1 file(s)" in out, out
+    lines = [line.strip() for line in out.splitlines()]
+    assert f"{DROPPED}: feature removed: the data has no such column" in lines
+    assert any(line.startswith(f"{SHIFTED}: ") and "'Credit Card'" in line and "gone" in line for line in lines)
+    assert (tmp_path / "schema_diff.md").is_file()
