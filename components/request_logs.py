@@ -125,13 +125,22 @@ def statistics(examples: Mapping[str, Sequence[bytes]], beam_args: Sequence[str]
     wanted = {name: list(items) for name, items in examples.items() if items}
     if not wanted:
         return {}
+    import tensorflow as tf
+
     with tempfile.TemporaryDirectory(prefix="conveyor-request-logs-") as scratch:
         paths = {name: str(Path(scratch) / f"{name}.pb") for name in wanted}
+        # Through a TFRecord file, not beam.Create: Create encodes every element into the pipeline, ten
+        # times slower at 100,000 examples than reading them back as TFDV reads its own input.
+        records = {name: str(Path(scratch) / f"{name}.tfrecord") for name in wanted}
+        for name, items in wanted.items():
+            with tf.io.TFRecordWriter(records[name]) as writer:
+                for item in items:
+                    writer.write(item)
         with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
-            for name, items in wanted.items():
+            for name in wanted:
                 _ = (
                     pipeline
-                    | f"Read {name}" >> beam.Create(items, reshuffle=False)
+                    | f"Read {name}" >> beam.io.ReadFromTFRecord(records[name])
                     | f"Batch {name}" >> beam.BatchElements(min_batch_size=64, max_batch_size=1000)
                     | f"Decode {name}" >> beam.ParDo(_DecodeExamples())
                     | f"Statistics {name}" >> tfdv.GenerateStatistics(tfdv.StatsOptions())
