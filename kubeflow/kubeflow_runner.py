@@ -116,7 +116,11 @@ def compile_pipeline(config: PipelineConfig, output_file: str | Path) -> Path:
 
     output = Path(output_file)
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=config.kubeflow.image),
+        # Schema 2.1.0: the open-source KFP backend refuses anything else at upload ("KFP only supports
+        # schema version 2.1.0", backend/src/apiserver/template/v2_template.go); TFX writes 2.0.0 by default.
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+            default_image=config.kubeflow.image, use_pipeline_spec_2_1=True
+        ),
         output_dir=str(output.parent),
         output_filename=output.name,
     )

@@ -43,7 +43,7 @@ def test_output_parses_strictly_as_a_kfp_pipeline_spec(compiled):
     _, _, _, spec = compiled
     parsed = json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
     assert parsed.pipeline_info.name == "taxi"
-    assert parsed.schema_version == "2.0.0"
+    assert parsed.schema_version == "2.1.0", "the open-source KFP backend accepts only 2.1.0 (v2_template.go)"
 
 
 def test_kfp_sdk_loads_the_pipeline(compiled):
@@ -87,7 +87,7 @@ def test_user_code_is_referenced_by_dotted_paths_into_components(compiled):
     tasks = spec["root"]["dag"]["tasks"]
 
     def param(task, key):
-        return tasks[task]["inputs"]["parameters"][key]["runtimeValue"]["constantValue"]["stringValue"]
+        return tasks[task]["inputs"]["parameters"][key]["runtimeValue"]["constant"]
 
     assert param("Trainer", "run_fn") == "components.model.run_fn"
     assert param("Transform", "preprocessing_fn") == "components.preprocessing.preprocessing_fn"
@@ -130,7 +130,7 @@ def test_data_gate_runs_before_transform_and_reads_the_validator(compiled):
 def test_example_gen_reads_the_newest_span(compiled):
     _, _, _, spec = compiled
     params = spec["root"]["dag"]["tasks"]["CsvExampleGen"]["inputs"]["parameters"]
-    assert "span-{SPAN}/*.csv" in params["input_config"]["runtimeValue"]["constantValue"]["stringValue"]
+    assert "span-{SPAN}/*.csv" in params["input_config"]["runtimeValue"]["constant"]
 
 
 def test_cluster_beam_args_reach_every_beam_component_unchanged(compiled):
@@ -241,7 +241,7 @@ def test_the_cluster_data_layout_decides_the_span_pattern(tmp_path, layout, expe
     path = compile_pipeline(config, tmp_path / "pipeline.yaml")
     spec = next(yaml.safe_load_all(path.read_text()))
     example_gen = spec["root"]["dag"]["tasks"]["CsvExampleGen"]["inputs"]["parameters"]
-    input_config = example_gen["input_config"]["runtimeValue"]["constantValue"]["stringValue"]
+    input_config = example_gen["input_config"]["runtimeValue"]["constant"]
     assert ("span-{SPAN}/*.csv" in input_config) is expect_spans, input_config
 
 
