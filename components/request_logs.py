@@ -35,11 +35,16 @@ def read_payloads(path: Path) -> tuple[list[bytes], Optional[str]]:
     """A TFRecord file's records and, when it cannot be read to its end (truncated, corrupt), why."""
     import tensorflow as tf
 
+    errors = (tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.InvalidArgumentError)
+    try:  # in batches: a record at a time costs tf.data some 0.1 ms each
+        return [data for batch in tf.data.TFRecordDataset(str(path)).batch(4096) for data in batch.numpy()], None
+    except errors:  # read again one record at a time, to keep every record before the damage
+        pass
     payloads: list[bytes] = []
     try:
         for data in tf.data.TFRecordDataset(str(path)):
             payloads.append(data.numpy())
-    except (tf.errors.DataLossError, tf.errors.OutOfRangeError, tf.errors.InvalidArgumentError) as err:
+    except errors as err:
         return payloads, f"{type(err).__name__}: {err.message.splitlines()[0] if err.message else err}"
     return payloads, None
 
