@@ -226,3 +226,36 @@ def test_serve_refuses_bad_flags_in_one_line(flags, fragment, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0]
+
+
+def test_a_full_disk_stops_request_logging_with_one_warning(tmp_path, caplog):
+    """A real full filesystem (a 64 KiB tmpfs; CI runs as root, who may mount one): the writes fail, logging
+    stops with one warning naming the directory, and adding records neither raises nor blocks."""
+    import os
+    import subprocess
+
+    mount = tmp_path / "small_fs"
+    mount.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if mounted.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a tmpfs for the full-disk case: {mounted.stderr.decode().strip()}")
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    try:
+        log = RequestLog(mount, 1.0)
+        inputs = {"examples": [b"x" * 8192]}
+        outputs = {"probabilities": np.array([[0.5]], dtype=np.float32)}
+        started = time.monotonic()
+        for _ in range(200):
+            log.add("predict", _servable(), "serving_default", inputs, outputs)
+        assert time.monotonic() - started < 1.0, "adding records never waits for the disk"
+        deadline = time.monotonic() + 10
+        while log.failed is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log.close()
+        assert log.failed is not None and "No space left on device" in log.failed
+        assert 0 < log.written < 200
+        warnings = [r.getMessage() for r in caplog.records if "request logging stopped" in r.getMessage()]
+        assert len(warnings) == 1 and str(mount) in warnings[0]
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
