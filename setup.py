@@ -33,7 +33,10 @@ setup(
     # The REST API's description ships with the server: the fuzz test and clients read it from the package.
     package_data={"serving": ["openapi.json"]},
     # schemathesis: the fuzz test of `conveyor serve` against that description (4.10 is the last release
-    # that accepts the pinned pytest 8.0).
-    extras_require={"test": ["pytest==8.0.0", "ruff==0.17.6", "hypothesis==6.168.5", "schemathesis==4.10.2"]},
+    # that accepts the pinned pytest 8.0). playwright: the web UI's browser tests, driving Debian's chromium
+    # (no browser download).
+    extras_require={
+        "test": ["pytest==8.0.0", "ruff==0.17.6", "hypothesis==6.168.5", "schemathesis==4.10.2", "playwright==1.65.2"]
+    },
     entry_points={"console_scripts": ["conveyor=cli.main:main"]},
 )

@@ -7,13 +7,13 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
-from cli import data, metadata, monitor, predict, registry, run, serve
+from cli import data, metadata, monitor, predict, registry, run, serve, ui
 from cli.options import EXIT_USAGE
 from kubeflow import kubeflow_runner
 from pipeline.environment import prepare_environment
 
 # Each registers its sub-commands, in the order `conveyor --help` lists them.
-COMMANDS = (run, data, registry, metadata, serve, monitor, predict)
+COMMANDS = (run, data, registry, ui, metadata, serve, monitor, predict)
 
 
 def _register_compile(sub: argparse._SubParsersAction) -> None:

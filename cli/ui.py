@@ -1,0 +1,66 @@
+"""`conveyor ui`: serves the registry's web pages on 127.0.0.1 until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from cli.options import EXIT_OK, EXIT_USAGE, add_registry, library_logs_to
+
+UI_LOG = "ui.log"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Adds `ui` to the console script."""
+    p = sub.add_parser("ui", help="web pages over the registry: runs, models, lineage; rollback")
+    add_registry(p)
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080; 0: any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.set_defaults(func=cmd_ui)
+
+
+def rollback_action(config):
+    """What the UI's rollback button does: `conveyor models rollback --to V`, under the same output lock."""
+    from pipeline.runner import RunLocked, output_lock
+    from registry.ui import ActionRefused
+    from registry.versions import rollback
+
+    def roll_back(to: int) -> tuple[int, int]:
+        try:
+            with output_lock(Path(config.output.metadata_path).parent):
+                return rollback(config.output.store, config.name, config.serving_model_dir, to)
+        except (ValueError, FileNotFoundError, RunLocked) as err:
+            raise ActionRefused(str(err)) from None
+
+    return roll_back
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from registry.lineage import open_store
+    from registry.ui import Registry, make_server
+
+    config = load_config(args.config, output_dir=args.output_dir, metadata=args.metadata)
+    open_store(config.output.store)  # no ML Metadata yet, or an unreachable server: one line now, not per page
+    registry = Registry(config, Path(args.output_dir), rollback_action(config))
+    try:
+        server = make_server(registry, args.host, args.port)
+    except OSError as err:
+        print(f"error: cannot listen on {args.host}:{args.port}: {err.strerror or err}", file=sys.stderr)
+        return EXIT_USAGE
+    host, port = server.server_address[:2]
+    print(f"conveyor ui: http://{host}:{port}/runs (Ctrl-C to stop)", flush=True)
+    # SIGTERM ends it like Ctrl-C; shutdown() must come from another thread than serve_forever's.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    with library_logs_to(Path(args.output_dir) / "logs" / UI_LOG):
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+    print("conveyor ui: stopped")
+    return EXIT_OK

@@ -1,0 +1,239 @@
+"""`conveyor ui`'s server: a local, read-only web view of the registry, with rollback as its one action.
+
+A stdlib ThreadingHTTPServer. Each request opens ML Metadata afresh and reads it through
+registry.runs and registry.versions, so pages show what the CLI would print at that moment. GET serves
+pages; the only POST is a confirmed rollback carrying the token this server issued; any other method
+is answered 405. Files are served only from inside the output directory.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import mimetypes
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Optional
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from components.pusher.publish import MODELS_CONFIG, list_versions, pinned_versions
+from registry import ui_pages
+from registry.lineage import open_store
+from registry.runs import provenance, runs
+from registry.versions import served_version, versions
+
+MAX_FILE_BYTES = 2_000_000
+MAX_FORM_BYTES = 4096
+CARD = Path("assets.extra") / "model_card.html"
+
+
+class ActionRefused(Exception):
+    """The rollback could not be done (no such version, output directory in use); the message says why."""
+
+
+@dataclass
+class Registry:
+    """What the pages read: the config's store, names and directories, and how to roll back.
+
+    `rollback(to)` must do what `conveyor models rollback --to` does (under the output lock) and
+    return (restored, new version), raising ActionRefused with a one-line reason.
+    """
+
+    config: object
+    output_dir: Path
+    rollback: Callable[[int], tuple[int, int]]
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+
+    @property
+    def model_dir(self) -> str:
+        return self.config.serving_model_dir
+
+    @property
+    def where(self):
+        """The config's store, as registry.runs and registry.versions take it (they open it per call)."""
+        return self.config.output.store
+
+    def open(self):
+        return open_store(self.config.output.store)
+
+
+def labels(model_dir: str) -> dict[str, int]:
+    """The version labels `models.config` gives this model (stable, canary and any a person added)."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    path = Path(model_dir).parent / MODELS_CONFIG
+    if not path.is_file():
+        return {}
+    parsed = text_format.Parse(path.read_text(encoding="utf-8"), model_server_config_pb2.ModelServerConfig())
+    entry = next((c for c in parsed.model_config_list.config if c.name == Path(model_dir).name), None)
+    return dict(entry.version_labels) if entry is not None else {}
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Routes a request to its page; the server's `registry` attribute holds what pages read."""
+
+    server_version = "conveyor-ui"
+
+    @property
+    def registry(self) -> Registry:
+        return self.server.registry
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's signature
+        logging.getLogger("conveyor.ui").info("%s %s", self.address_string(), format % args)
+
+    def _send(self, status: int, body: str | bytes, content_type: str = "text/html; charset=utf-8") -> None:
+        data = body.encode("utf-8") if isinstance(body, str) else body
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        # The pages need nothing from elsewhere; the browser is told to fetch nothing from elsewhere.
+        self.send_header("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; img-src data:")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: HTTPStatus, text: str) -> None:
+        self._send(status, ui_pages.message_page(f"{status.value} {status.phrase}", text))
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        url = urlsplit(self.path)
+        parts = [unquote(p) for p in url.path.strip("/").split("/") if p]
+        query = parse_qs(url.query)
+        try:
+            if not parts:
+                self.send_response(HTTPStatus.FOUND)
+                self.send_header("Location", "/runs")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif parts == ["runs"]:
+                self._runs((query.get("outcome") or [None])[0])
+            elif parts[0] == "runs" and len(parts) == 2:
+                self._run(parts[1])
+            elif parts == ["models"]:
+                self._models()
+            elif parts[0] == "models" and len(parts) == 2 and parts[1].isdigit():
+                self._version(int(parts[1]))
+            elif parts[0] == "models" and len(parts) == 3 and parts[1].isdigit() and parts[2] == "rollback":
+                self._confirm(int(parts[1]))
+            elif parts == ["files"]:
+                self._file((query.get("path") or [""])[0])
+            else:
+                self._error(HTTPStatus.NOT_FOUND, f"no page {url.path}")
+        except FileNotFoundError as err:
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(err))
+
+    def do_POST(self) -> None:  # noqa: N802
+        parts = [p for p in urlsplit(self.path).path.strip("/").split("/") if p]
+        if not (len(parts) == 3 and parts[0] == "models" and parts[1].isdigit() and parts[2] == "rollback"):
+            self._error(HTTPStatus.METHOD_NOT_ALLOWED, "this page is read-only")
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_FORM_BYTES:
+            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "form too large")
+            return
+        form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
+        token = (form.get("token") or [""])[0]
+        if not hmac.compare_digest(token.encode(), self.registry.token.encode()):
+            self._error(HTTPStatus.FORBIDDEN, "the rollback needs the confirmation page's token; open it again")
+            return
+        try:
+            restored, new = self.registry.rollback(int(parts[1]))
+        except ActionRefused as err:
+            self._error(HTTPStatus.CONFLICT, str(err))
+            return
+        self._send(HTTPStatus.OK, ui_pages.done_page(restored, new))
+
+    def _refuse(self) -> None:
+        self._error(HTTPStatus.METHOD_NOT_ALLOWED, "this page is read-only")
+
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _refuse  # noqa: N815
+
+    def _runs(self, selected: Optional[str]) -> None:
+        if selected is not None and selected not in ui_pages.OUTCOMES:
+            self._error(HTTPStatus.BAD_REQUEST, f"outcome must be one of: {', '.join(ui_pages.OUTCOMES)}")
+            return
+        found = runs(self.registry.where, self.registry.config.name)
+        self._send(HTTPStatus.OK, ui_pages.runs_page(found, selected))
+
+    def _run(self, run_id: str) -> None:
+        for run, executions, summary in runs(self.registry.where, self.registry.config.name):
+            if run.name == run_id:
+                self._send(HTTPStatus.OK, ui_pages.run_page(run, executions, summary, provenance(run)))
+                return
+        self._error(HTTPStatus.NOT_FOUND, f"no run {run_id!r}; see /runs")
+
+    def _records(self):
+        return versions(self.registry.where, self.registry.config.name, self.registry.model_dir)
+
+    def _models(self) -> None:
+        model_dir = self.registry.model_dir
+        body = ui_pages.models_page(
+            self._records(),
+            served_version(model_dir),
+            set(list_versions(model_dir)),
+            labels(model_dir),
+            pinned_versions(model_dir),
+        )
+        self._send(HTTPStatus.OK, body)
+
+    def _version(self, version: int) -> None:
+        record = next((r for r in self._records() if r.version == version), None)
+        if record is None:
+            self._error(HTTPStatus.NOT_FOUND, f"version {version} was never pushed to {self.registry.model_dir}")
+            return
+        card = Path(record.destination) / CARD
+        card_html = card.read_text(encoding="utf-8") if card.is_file() else None
+        present = list_versions(self.registry.model_dir)
+        rollback_ok = version in present and version != served_version(self.registry.model_dir)
+        self._send(
+            HTTPStatus.OK,
+            ui_pages.version_page(record, self.registry.config, self.registry.open(), card_html, rollback_ok),
+        )
+
+    def _confirm(self, version: int) -> None:
+        if version not in list_versions(self.registry.model_dir):
+            self._error(HTTPStatus.NOT_FOUND, f"version {version} is not in {self.registry.model_dir}")
+            return
+        served = served_version(self.registry.model_dir)
+        self._send(HTTPStatus.OK, ui_pages.confirm_page(version, served, self.registry.token))
+
+    def _file(self, raw: str) -> None:
+        root = self.registry.output_dir.resolve()
+        path = Path(raw).resolve()
+        if not raw or not path.is_relative_to(root):
+            self._error(HTTPStatus.FORBIDDEN, f"only files inside the output directory {root} are shown")
+            return
+        if path.is_dir():
+            entries = sorted(path.iterdir())
+            items = "".join(
+                f'<li><a href="/files?path={quote(str(p))}">{ui_pages.e(p.name)}</a>{"/" if p.is_dir() else ""}</li>'
+                for p in entries
+            )
+            self._send(HTTPStatus.OK, ui_pages.page(str(path), f"<ul>{items}</ul>"))
+        elif path.is_file():
+            if path.stat().st_size > MAX_FILE_BYTES:
+                self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{path} is over {MAX_FILE_BYTES:,} bytes")
+                return
+            kind = mimetypes.guess_type(path.name)[0] or ""
+            # Shown as text or as an image, never as a page of its own that could run something.
+            shown = kind if kind.startswith("image/") and kind != "image/svg+xml" else "text/plain; charset=utf-8"
+            self._send(HTTPStatus.OK, path.read_bytes(), shown)
+        else:
+            self._error(HTTPStatus.NOT_FOUND, f"{path} does not exist")
+
+
+def make_server(registry: Registry, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
+    """A server bound to host:port (port 0: any free port) that answers with the registry's pages.
+
+    Raises:
+      OSError: the address is in use or cannot be bound.
+    """
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    server.registry = registry
+    return server

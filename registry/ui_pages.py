@@ -1,0 +1,313 @@
+"""The web UI's pages: runs, a run, models, a version and the rollback confirmation, as escaped HTML.
+
+Every page is drawn from what registry.runs and registry.versions return for the store at request
+time (the same functions `conveyor runs` and `conveyor models` print), so there is no copy to go stale.
+Styles and charts are inline (SVG); nothing is fetched from elsewhere.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+from urllib.parse import quote
+
+from registry.lineage import NodeExecution, created_ms, format_spans, model_origin, updated_ms
+from registry.record import describe, exec_property
+from registry.runs import ERROR_KEY, run_status
+from registry.summary import RunSummary
+from registry.versions import HEADLINE_METRICS, VersionRecord, headline
+
+OUTCOMES = ("pushed", "not blessed", "data gate", "failed", "cached", "not pushed", "incomplete")
+
+_CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1b1f24;background:#f6f7f9}
+header{background:#22303c;color:#fff;padding:10px 24px}header a{color:#fff;margin-right:18px;text-decoration:none}
+main{padding:16px 24px;max-width:1200px}h1{font-size:20px}table{border-collapse:collapse;background:#fff;width:100%}
+th,td{border-bottom:1px solid #e1e4e8;padding:5px 8px;text-align:left;vertical-align:top}th{background:#eef1f4}
+pre{background:#fff;border:1px solid #e1e4e8;padding:10px;overflow:auto}.tag{padding:1px 6px;border-radius:8px;
+font-size:12px;background:#e1e4e8}.ok{background:#d4f4dd}.bad{background:#fbd5d5}.warn{background:#fdf0c4}
+.chain{display:flex;flex-wrap:wrap;gap:6px;align-items:stretch}.step{background:#fff;border:1px solid #c9d1d9;
+padding:6px 10px;border-radius:6px;max-width:260px;word-break:break-all}.arrow{align-self:center}
+iframe{width:100%;height:900px;border:1px solid #c9d1d9;background:#fff}button{padding:6px 14px}
+"""
+
+
+def e(value) -> str:
+    """Escapes any value for HTML text or a quoted attribute."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def page(title: str, body: str) -> str:
+    """A whole HTML document with the shared header."""
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{e(title)} - conveyor</title>'
+        f"<style>{_CSS}</style></head><body><header><b>conveyor</b> &nbsp; "
+        '<a href="/runs">Runs</a><a href="/models">Models</a></header>'
+        f"<main><h1>{e(title)}</h1>{body}</main></body></html>"
+    )
+
+
+def _time(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if ms else ""
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A run's outcome: one of OUTCOMES (for the filter) and the words `conveyor runs list` prints."""
+
+    kind: str
+    text: str
+
+
+def outcome(executions: dict[str, NodeExecution], summary: RunSummary) -> Outcome:
+    """What a run came to, in the words of `conveyor runs list`, with a kind to filter by."""
+    status, failed = run_status(executions)
+    if failed is not None:
+        kind = "data gate" if failed.node_id == "DataGate" else "failed"
+        return Outcome(kind, f"failed at {failed.node_id}")
+    if summary.pushed_to:
+        return Outcome("pushed", f"pushed version {Path(summary.pushed_to).name}")
+    if summary.blessed is False:
+        return Outcome("not blessed", "not blessed")
+    # The data gate runs every time; a run is "cached" when its push (so its model) came from the cache.
+    pusher = next((n for k, n in executions.items() if k.endswith("Pusher")), None)
+    if status == "succeeded" and pusher is not None and pusher.state == "cached":
+        return Outcome("cached", summary.not_pushed_reason or "from cache")
+    kind = "not pushed" if status == "succeeded" else "incomplete"
+    return Outcome(kind, summary.not_pushed_reason or status)
+
+
+def span_of(executions: dict[str, NodeExecution]) -> tuple[float, float]:
+    """(first start, last end) of a run's executions, in ms."""
+    starts = [created_ms(n.execution) for n in executions.values()]
+    ends = [updated_ms(n.execution) for n in executions.values()]
+    return (min(starts), max(ends)) if starts else (0, 0)
+
+
+_TAG = {"pushed": "ok", "not blessed": "warn", "data gate": "warn", "failed": "bad"}
+
+
+def runs_page(runs: list, selected: Optional[str]) -> str:
+    """Every run newest first (`runs` as registry.runs.runs returns them), optionally of one outcome."""
+    links = " ".join(
+        f'<a href="/runs?outcome={quote(kind)}">{e(kind)}</a>' if kind != selected else f"<b>{e(kind)}</b>"
+        for kind in OUTCOMES
+    )
+    rows = []
+    for run, executions, summary in runs:
+        result = outcome(executions, summary)
+        if selected and result.kind != selected:
+            continue
+        start, end = span_of(executions)
+        who = run.custom_properties.get("user")
+        commit = run.custom_properties.get("git_commit")
+        rows.append(
+            f'<tr><td><a href="/runs/{quote(run.name)}">{e(run.name)}</a></td>'
+            f'<td><span class="tag {_TAG.get(result.kind, "")}">{e(result.kind)}</span> {e(result.text)}</td>'
+            f"<td>{e('' if summary.span is None else summary.span)}</td><td>{e(_time(start))}</td>"
+            f"<td>{e(_seconds((end - start) / 1000))}</td><td>{e(who.string_value if who else '')}</td>"
+            f"<td><code>{e(commit.string_value[:12] if commit else '')}</code></td></tr>"
+        )
+    head = "<tr><th>run</th><th>outcome</th><th>span</th><th>started (UTC)</th><th>duration</th><th>who</th>"
+    body = f"<p>filter: <a href='/runs'>all</a> {links}</p><table id='runs'>{head}<th>commit</th></tr>"
+    body += "".join(rows) or "<tr><td colspan=7>no runs</td></tr>"
+    return page("Runs", body + "</table>")
+
+
+def _artifact_link(uri: str) -> str:
+    return f'<a href="/files?path={quote(uri)}">{e(uri)}</a>'
+
+
+def run_page(run, executions: dict[str, NodeExecution], summary: RunSummary, provenance: dict) -> str:
+    """One run: provenance, each component's state and time, the failed component's error, artifacts."""
+    result = outcome(executions, summary)
+    parts = [f'<p><span class="tag {_TAG.get(result.kind, "")}">{e(result.kind)}</span> {e(result.text)}</p>']
+    parts.append("<table>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in provenance.items()))
+    parts.append("</table>")
+    _, failed = run_status(executions)
+    if failed is not None:
+        error = failed.execution.custom_properties.get(ERROR_KEY)
+        text = error.string_value if error else "(not recorded; see the run log)"
+        parts.append(f"<h2>Failed: {e(failed.node_id)}</h2><pre class='error'>{e(text)}</pre>")
+    rows = []
+    for node_id, node in executions.items():
+        start, end = created_ms(node.execution), updated_ms(node.execution)
+        state = node.state
+        if state == "failed" and node_id.endswith("_resolver"):
+            state = "nothing resolved"
+        tag = {"cached": "warn", "complete": "ok", "failed": "bad"}.get(state, "")
+        outputs = "<br>".join(
+            f"{e(key)}: {_artifact_link(a.uri)}" for key, artifacts in node.outputs.items() for a in artifacts
+        )
+        rows.append(
+            f'<tr><td>{e(node_id)}</td><td><span class="tag {tag}">{e(state)}</span></td>'
+            f"<td>{e(_time(start))}</td><td>{e(_seconds((end - start) / 1000))}</td><td>{outputs}</td></tr>"
+        )
+    parts.append("<h2>Components</h2><table id='components'><tr><th>component</th><th>state</th>")
+    parts.append("<th>started (UTC)</th><th>time</th><th>artifacts</th></tr>" + "".join(rows) + "</table>")
+    parts.append(f"<h2>Summary</h2><pre>{e(chr(10).join(summary.lines()))}</pre>")
+    return page(f"Run {run.name}", "".join(parts))
+
+
+def metric_series(records: list[VersionRecord]) -> dict[str, list[tuple[int, float]]]:
+    """metric -> [(version, candidate value)], oldest version first, for the headline metrics."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for record in sorted(records, key=lambda r: r.version):
+        for m in record.summary.metrics if record.summary else []:
+            if m.name in HEADLINE_METRICS and m.candidate is not None:
+                series.setdefault(m.name, []).append((record.version, m.candidate))
+    return series
+
+
+_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+
+
+def metrics_chart(series: dict[str, list[tuple[int, float]]], width: int = 720, height: int = 240) -> str:
+    """An inline SVG line chart of each metric across versions (one point per version)."""
+    points = [p for values in series.values() for p in values]
+    if not points:
+        return "<p>no evaluated versions yet</p>"
+    versions = sorted({v for v, _ in points})
+    low, high = min(y for _, y in points), max(y for _, y in points)
+    if high - low < 1e-9:
+        low, high = low - 0.05, high + 0.05
+    pad = 40
+
+    def x(version: int) -> float:
+        return pad + (versions.index(version) + 0.5) * (width - 2 * pad) / len(versions)
+
+    def y(value: float) -> float:
+        return height - pad - (value - low) / (high - low) * (height - 2 * pad)
+
+    out = [f'<svg id="metrics-chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" ']
+    out.append(f'viewBox="0 0 {width} {height}" role="img"><title>metrics across versions</title>')
+    out.append(f'<rect width="{width}" height="{height}" fill="#fff"/>')
+    for value in (low, high):
+        out.append(f'<text x="4" y="{y(value) + 4:.1f}" font-size="11">{value:.3f}</text>')
+    for version in versions:
+        out.append(f'<text x="{x(version) - 4:.1f}" y="{height - 12}" font-size="11">v{version}</text>')
+    for i, (name, values) in enumerate(sorted(series.items())):
+        colour = _COLOURS[i % len(_COLOURS)]
+        path = " ".join(f"{x(v):.1f},{y(val):.1f}" for v, val in values)
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}"/>')
+        for v, val in values:
+            out.append(
+                f'<circle class="point" data-metric="{e(name)}" data-version="{v}" data-value="{val:.6f}" '
+                f'cx="{x(v):.1f}" cy="{y(val):.1f}" r="3.5" fill="{colour}"><title>{e(name)} v{v}: {val:.4f}'
+                "</title></circle>"
+            )
+        out.append(f'<text x="{width - 200}" y="{16 + 14 * i}" font-size="12" fill="{colour}">{e(name)}</text>')
+    return "".join(out) + "</svg>"
+
+
+def models_page(records: list[VersionRecord], served: Optional[int], present: set, labels: dict, pinned: set) -> str:
+    """Every version (newest first) with its served / pinned / label state, and the metrics chart."""
+    by_version: dict[int, list[str]] = {}
+    for label, version in labels.items():
+        by_version.setdefault(version, []).append(label)
+    rows = []
+    for r in records:
+        s = r.summary
+        state = []
+        if r.version == served:
+            state.append('<span class="tag ok">served</span>')
+        if r.version in pinned:
+            state.append('<span class="tag">pinned</span>')
+        state.extend(f'<span class="tag">{e(label)}</span>' for label in sorted(by_version.get(r.version, [])))
+        if r.version not in present:
+            state.append('<span class="tag bad">removed</span>')
+        spans = format_spans(r.training_spans) if r.training_spans else ("" if s is None else f"span {s.span}")
+        rows_text = "" if s is None or "train" not in s.rows else f"{s.rows['train']:,}"
+        note = f"rollback of {r.rollback_of}" if r.rollback_of else headline(s)
+        rows.append(
+            f'<tr><td><a href="/models/{r.version}">{r.version}</a></td><td>{" ".join(state)}</td>'
+            f"<td>{e(r.pushed_at)}</td><td>{e(spans)}</td><td>{e(rows_text)}</td><td>{e(note)}</td>"
+            f'<td><a href="/runs/{quote(r.run_id)}">{e(r.run_id)}</a></td></tr>'
+        )
+    head = "<tr><th>version</th><th>state</th><th>pushed at (UTC)</th><th>data</th><th>train rows</th>"
+    body = metrics_chart(metric_series(records))
+    body += f"<table id='versions'>{head}<th>metrics (change vs baseline)</th><th>run</th></tr>"
+    return page("Models", body + ("".join(rows) or "<tr><td colspan=7>no versions pushed yet</td></tr>") + "</table>")
+
+
+def _step(title: str, *lines: str) -> str:
+    return f'<div class="step"><b>{e(title)}</b>' + "".join(f"<br>{line}" for line in lines if line) + "</div>"
+
+
+def lineage_steps(record: VersionRecord, store, pipeline_name: str) -> list[str]:
+    """The chain that made a version: data -> statistics -> schema -> transform -> model -> evaluation -> push."""
+    ex, s = record.executions, record.summary
+    steps = []
+    rows = ", ".join(f"{k} {v:,}" for k, v in sorted(s.rows.items())) if s is not None else ""
+    steps.append(_step("data", e(format_spans(record.training_spans) if record.training_spans else ""), e(rows)))
+    node = ex.get("StatisticsGen")
+    if node is not None and node.output("statistics") is not None:
+        steps.append(_step("statistics", _artifact_link(node.output("statistics").uri)))
+    node = ex.get("ImportSchemaGen")
+    if node is not None:
+        steps.append(_step("schema", e(exec_property(node, "schema_file"))))
+    node = ex.get("Transform")
+    if node is not None and node.output("transform_graph") is not None:
+        steps.append(_step("transform", _artifact_link(node.output("transform_graph").uri)))
+    node = ex.get("Trainer")
+    if node is not None and node.output("model") is not None:
+        base = (node.inputs.get("base_model") or [None])[0]
+        start = "cold start"
+        if base is not None:
+            version, spans = model_origin(store, base.id, pipeline_name)
+            start = f"warm start from version {version or '(not pushed)'} ({format_spans(spans)})"
+        steps.append(_step("model", _artifact_link(node.output("model").uri), e(start)))
+    node = ex.get("Evaluator")
+    if node is not None:
+        baseline = node.inputs.get("baseline_model") or []
+        against = f"baseline: {baseline[0].uri}" if baseline else "no baseline (absolute thresholds)"
+        blessed = "" if s is None or s.blessed is None else ("blessed" if s.blessed else "not blessed")
+        steps.append(_step("evaluation", e(against), e(blessed)))
+    steps.append(_step(f"push: version {record.version}", _artifact_link(record.destination)))
+    return steps
+
+
+def version_page(record: VersionRecord, config, store, card_html: Optional[str], rollback_ok: bool) -> str:
+    """One version: its lineage, its full record (`conveyor models show`), its model card and rollback."""
+    steps = lineage_steps(record, store, config.name)
+    body = "<h2>Lineage</h2><div class='chain' id='lineage'>"
+    body += "<span class='arrow'>&rarr;</span>".join(steps) + "</div>"
+    if rollback_ok:
+        body += f'<p><a href="/models/{record.version}/rollback">Roll back to version {record.version}&hellip;</a></p>'
+    body += f"<h2>Record</h2><pre id='record'>{e(chr(10).join(describe(record, config)))}</pre>"
+    if card_html is not None:
+        # sandbox: the card is shown, never run; srcdoc keeps it on this page without a second request.
+        body += f'<h2>Model card</h2><iframe id="card" sandbox="" srcdoc="{e(card_html)}"></iframe>'
+    else:
+        body += "<p>no model card in this version's assets.extra/</p>"
+    return page(f"Version {record.version} of {config.model_name}", body)
+
+
+def confirm_page(version: int, served: Optional[int], token: str) -> str:
+    """The rollback confirmation: a POST form carrying the token this server issued."""
+    body = (
+        f"<p>Roll back to version {version}? Its files are published again as a new highest version "
+        f"(served now: {e(served)}), exactly as <code>conveyor models rollback --to {version}</code> does.</p>"
+        f'<form method="post" action="/models/{version}/rollback"><input type="hidden" name="token" '
+        f'value="{e(token)}"><button id="confirm" type="submit">Roll back to version {version}</button> '
+        f'<a href="/models/{version}">cancel</a></form>'
+    )
+    return page(f"Roll back to version {version}?", body)
+
+
+def done_page(restored: int, new: int) -> str:
+    body = f'<p id="done">Version {restored} is served again as version {new}.</p>'
+    return page(
+        "Rolled back", body + f'<p><a href="/models/{new}">version {new}</a> · <a href="/models">models</a></p>'
+    )
+
+
+def message_page(title: str, text: str) -> str:
+    return page(title, f"<p>{e(text)}</p>")
