@@ -245,6 +245,9 @@ def test_pages_in_headless_chromium_fetch_nothing_from_elsewhere_and_roll_back(p
             page.screenshot(path=str(tmp_path / "models.png"))
             page.click(f"a[href='/models/{good}']")
             assert page.locator("#lineage .step").count() >= 6
+            # The model card is drawn inside the page (sandboxed), its charts decoded from data: URIs.
+            card_image = page.frame_locator("#card").locator("img").first
+            assert card_image.evaluate("img => img.complete && img.naturalWidth") > 200
             page.click(f"a[href='/models/{good}/rollback']")
             page.click("#confirm")
             page.wait_for_selector("#done")
@@ -254,3 +257,25 @@ def test_pages_in_headless_chromium_fetch_nothing_from_elsewhere_and_roll_back(p
             browser.close()
     assert elsewhere == []
     assert _record_of(private, new).rollback_of == good
+
+
+def test_values_from_ml_metadata_are_escaped_not_run():
+    """A run name, a user and an error text are ML Metadata strings: each reaches the page as text."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    from registry.lineage import NodeExecution
+    from registry.runs import ERROR_KEY
+    from registry.summary import RunSummary
+    from registry.ui_pages import run_page, runs_page
+
+    attack = '<script>alert("x")</script>'
+    run = metadata_store_pb2.Context(name=attack)
+    run.custom_properties["user"].string_value = attack
+    execution = metadata_store_pb2.Execution(last_known_state=metadata_store_pb2.Execution.FAILED)
+    execution.custom_properties[ERROR_KEY].string_value = attack
+    executions = {attack: NodeExecution(attack, "failed", execution)}
+    for body in (
+        runs_page([(run, executions, RunSummary(attack))], None),
+        run_page(run, executions, RunSummary(attack), {"user": attack}),
+    ):
+        assert "<script" not in body and e(attack) in body
