@@ -28,8 +28,8 @@ pytestmark = pytest.mark.e2e
 # Requests per operation, derandomized so that CI sends the same ones on every run. The version and label
 # forms share the default form's body handling, so their bodies get fewer tries; generating bodies of
 # feature values is what costs (some 0.3 s a request for classify and regress).
-MAX_EXAMPLES = 20
-MAX_EXAMPLES_OTHER_FORMS = 6
+MAX_EXAMPLES = 12
+MAX_EXAMPLES_OTHER_FORMS = 4
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
