@@ -8,6 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import csv  # noqa: E402
 import io  # noqa: E402
 import random  # noqa: E402
+import subprocess  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -117,3 +118,18 @@ def project_with_schema_copy(tmp_path: Path, data_root: Path) -> tuple[Path, Pat
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(raw))
     return config, schema
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """(directory, extra child arguments, the error a full write gives): a real 1 MiB tmpfs where
+    this user may mount one (root, as in CI); elsewhere an ordinary directory written by a child
+    process that may not grow a file past 1 MiB."""
+    mount = tmp_path / "small_fs"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        yield mount, [str(2**20)], "File too large"
+        return
+    yield mount, [], "No space left on device"
+    subprocess.run(["umount", str(mount)], check=False)

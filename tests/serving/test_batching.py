@@ -228,34 +228,57 @@ def test_serve_refuses_bad_flags_in_one_line(flags, fragment, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0]
 
 
-def test_a_full_disk_stops_request_logging_with_one_warning(tmp_path, caplog):
-    """A real full filesystem (a 64 KiB tmpfs; CI runs as root, who may mount one): the writes fail, logging
-    stops with one warning naming the directory, and adding records neither raises nor blocks."""
+# In a child process (argv[1]: the log directory; argv[2], if given: the largest file it may write, which
+# fails a write as a full disk does): 400 records of 8 KiB through the request log; prints what happened.
+_LOG_IN_CHILD = """
+import json, logging, resource, signal, sys, time
+from pathlib import Path
+import numpy as np
+from serving.request_log import RequestLog
+from serving.servable import LoadedVersion
+if len(sys.argv) > 2:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+warnings = []
+handler = logging.Handler()
+handler.emit = lambda record: warnings.append(record.getMessage())
+logging.getLogger("serving.request_log").addHandler(handler)
+log = RequestLog(sys.argv[1], 1.0)
+servable = LoadedVersion("taxi", 7, Path("/nowhere"), None, {}, {}, None)
+outputs = {"probabilities": np.array([[0.5]], dtype=np.float32)}
+started = time.monotonic()
+for _ in range(400):
+    log.add("predict", servable, "serving_default", {"examples": [b"x" * 8192]}, outputs)
+added = time.monotonic() - started
+deadline = time.monotonic() + 10
+while log.failed is None and time.monotonic() < deadline:
+    time.sleep(0.05)
+log.close()
+print(json.dumps({"failed": log.failed, "written": log.written, "added": added, "warnings": warnings}))
+"""
+
+
+def test_a_full_disk_stops_request_logging_with_one_warning(full_disk):
+    """A full disk (the shared `full_disk` fixture: a real 1 MiB tmpfs where it may be mounted, as in CI,
+    else a file-size limit): the writes fail, logging stops with one warning naming the directory, and
+    adding records neither raises nor waits."""
+    import json
     import os
     import subprocess
+    import sys
 
-    mount = tmp_path / "small_fs"
-    mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
-    if mounted.returncode != 0:
-        if os.environ.get("CI"):
-            pytest.fail(f"cannot mount a tmpfs for the full-disk case: {mounted.stderr.decode().strip()}")
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    try:
-        log = RequestLog(mount, 1.0)
-        inputs = {"examples": [b"x" * 8192]}
-        outputs = {"probabilities": np.array([[0.5]], dtype=np.float32)}
-        started = time.monotonic()
-        for _ in range(200):
-            log.add("predict", _servable(), "serving_default", inputs, outputs)
-        assert time.monotonic() - started < 1.0, "adding records never waits for the disk"
-        deadline = time.monotonic() + 10
-        while log.failed is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        log.close()
-        assert log.failed is not None and "No space left on device" in log.failed
-        assert 0 < log.written < 200
-        warnings = [r.getMessage() for r in caplog.records if "request logging stopped" in r.getMessage()]
-        assert len(warnings) == 1 and str(mount) in warnings[0]
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
+    root, limit, reason = full_disk
+    child = subprocess.run(
+        [sys.executable, "-c", _LOG_IN_CHILD, str(root), *limit],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    assert result["failed"] is not None and reason in result["failed"]
+    assert 0 < result["written"] < 400
+    assert result["added"] < 1.0, "adding records never waits for the disk"
+    stopped = [w for w in result["warnings"] if "request logging stopped" in w]
+    assert len(stopped) == 1 and str(root) in stopped[0]

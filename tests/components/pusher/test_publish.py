@@ -131,21 +131,6 @@ except OSError as err:
 """
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """(directory, extra child arguments, the error a full write gives): a real 1 MiB tmpfs where
-    this user may mount one (root, as in CI); elsewhere an ordinary directory written by a child
-    process that may not grow a file past 1 MiB."""
-    mount = tmp_path / "small_fs"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
-    if result.returncode != 0:
-        yield mount, [str(2**20)], "File too large"
-        return
-    yield mount, [], "No space left on device"
-    subprocess.run(["umount", str(mount)], check=False)
-
-
 def test_a_full_disk_fails_the_push_with_the_reason_and_leaves_nothing_half_written(tmp_path, full_disk):
     root, limit, reason = full_disk
     serving = root / "taxi"
