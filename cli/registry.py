@@ -133,21 +133,13 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
-    from registry.runs import run_status, runs
+    from registry.runs import outcome, runs
 
     config = _config(args)
     for run, executions, summary in runs(config.output.store, config.name):
-        status, failed = run_status(executions)
-        if failed is not None:
-            outcome = f"failed at {failed.node_id}"
-        elif summary.pushed_to:
-            outcome = f"pushed version {Path(summary.pushed_to).name}"
-        elif summary.blessed is False:
-            outcome = "not blessed"
-        else:
-            outcome = summary.not_pushed_reason or status
+        result = outcome(executions, summary)
         span = "" if summary.span is None else f"span {summary.span}"
-        print(f"{run.name:<28} {status:<11} {span:<8} {outcome}")
+        print(f"{run.name:<28} {result.status:<11} {span:<8} {result.text}")
     return EXIT_OK
 
 

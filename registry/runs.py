@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import getpass
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -92,3 +93,44 @@ def run_status(executions: dict[str, NodeExecution]) -> tuple[str, Optional[Node
     if pusher is None or pusher.state not in ("complete", "cached"):
         return "incomplete", None
     return "succeeded", None
+
+
+# What a run can come to, in the order a person filters by them.
+OUTCOMES = ("pushed", "not blessed", "data gate", "failed", "cached", "not pushed", "incomplete")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a run came to: its kind (one of OUTCOMES), its status and failed execution as run_status
+    gives them, and the words `conveyor runs list` prints."""
+
+    kind: str
+    status: str
+    failed: Optional[NodeExecution]
+    text: str
+
+
+def outcome(executions: dict[str, NodeExecution], summary: RunSummary) -> Outcome:
+    """The one classification of a run's outcome, shared by `conveyor runs list` and `conveyor ui`.
+
+    Args:
+      executions: the run's executions, as run_executions returns them.
+      summary: the run's summary.
+
+    Returns:
+      The outcome; `text` is the CLI's wording (a surface may word the cached case its own way).
+    """
+    status, failed = run_status(executions)
+    if failed is not None:
+        kind = "data gate" if failed.node_id == "DataGate" else "failed"
+        return Outcome(kind, status, failed, f"failed at {failed.node_id}")
+    if summary.pushed_to:
+        return Outcome("pushed", status, None, f"pushed version {Path(summary.pushed_to).name}")
+    if summary.blessed is False:
+        return Outcome("not blessed", status, None, "not blessed")
+    text = summary.not_pushed_reason or status
+    # The data gate runs every time; a run is "cached" when its push (so its model) came from the cache.
+    pusher = next((n for k, n in executions.items() if k.endswith("Pusher")), None)
+    if status == "succeeded" and pusher is not None and pusher.state == "cached":
+        return Outcome("cached", status, None, text)
+    return Outcome("not pushed" if status == "succeeded" else "incomplete", status, None, text)
