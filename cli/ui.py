@@ -38,6 +38,21 @@ def rollback_action(config):
     return roll_back
 
 
+def schema_review(config):
+    """The curated schema's review log and `conveyor schema diff --run`'s comparison, for the data page.
+
+    Returns:
+      (review log path, (statistics, data, rows) -> (difference lines, anomaly lines)).
+    """
+    from schema import review
+
+    def schema_diff(stats, data: str, rows: int) -> tuple[list[str], list[str]]:
+        found, anomalies = review.diff_statistics(stats, config.schema_path, data, rows)
+        return [c.line() for c in found.changes], anomalies
+
+    return Path(config.schema_path).parent / review.REVIEW_LOG, schema_diff
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from registry.lineage import open_store
@@ -45,7 +60,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, output_dir=args.output_dir, metadata=args.metadata)
     open_store(config.output.store)  # no ML Metadata yet, or an unreachable server: one line now, not per page
-    registry = Registry(config, Path(args.output_dir), rollback_action(config))
+    registry = Registry(config, Path(args.output_dir), rollback_action(config), *schema_review(config))
     try:
         server = make_server(registry, args.host, args.port)
     except OSError as err:

@@ -21,9 +21,9 @@ from typing import Optional
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from components.pusher.publish import MODELS_CONFIG, list_versions, pinned_versions
-from registry import ui_pages
+from registry import ui_compare, ui_data, ui_pages, ui_run
 from registry.lineage import open_store
-from registry.runs import provenance, runs
+from registry.runs import OUTCOMES, provenance, runs
 from registry.versions import served_version, versions
 
 MAX_FILE_BYTES = 2_000_000
@@ -40,12 +40,16 @@ class Registry:
     """What the pages read: the config's store, names and directories, and how to roll back.
 
     `rollback(to)` must do what `conveyor models rollback --to` does (under the output lock) and
-    return (restored, new version), raising ActionRefused with a one-line reason.
+    return (restored, new version), raising ActionRefused with a one-line reason. `review_log` is the
+    curated schema's review log and `schema_diff` what `conveyor schema diff --run` computes (see
+    registry.ui_data.data_page); the CLI passes both, since the registry may not import schema/.
     """
 
     config: object
     output_dir: Path
     rollback: Callable[[int], tuple[int, int]]
+    review_log: Optional[Path] = None
+    schema_diff: Optional[ui_data.SchemaDiffer] = None
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     @property
@@ -114,6 +118,12 @@ class Handler(BaseHTTPRequestHandler):
                 self._runs((query.get("outcome") or [None])[0])
             elif parts[0] == "runs" and len(parts) == 2:
                 self._run(parts[1])
+            elif parts[0] == "runs" and len(parts) == 4 and parts[2] == "log":
+                self._run(parts[1], parts[3])
+            elif parts == ["compare"]:
+                self._compare(query)
+            elif parts == ["data"]:
+                self._data((query.get("statistics") or [None])[0])
             elif parts == ["models"]:
                 self._models()
             elif parts[0] == "models" and len(parts) == 2 and parts[1].isdigit():
@@ -154,18 +164,47 @@ class Handler(BaseHTTPRequestHandler):
     do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _refuse  # noqa: N815
 
     def _runs(self, selected: Optional[str]) -> None:
-        if selected is not None and selected not in ui_pages.OUTCOMES:
-            self._error(HTTPStatus.BAD_REQUEST, f"outcome must be one of: {', '.join(ui_pages.OUTCOMES)}")
+        if selected is not None and selected not in OUTCOMES:
+            self._error(HTTPStatus.BAD_REQUEST, f"outcome must be one of: {', '.join(OUTCOMES)}")
             return
         found = runs(self.registry.where, self.registry.config.name)
         self._send(HTTPStatus.OK, ui_pages.runs_page(found, selected))
 
-    def _run(self, run_id: str) -> None:
+    def _run(self, run_id: str, log_of: Optional[str] = None) -> None:
+        output_dir = self.registry.output_dir
         for run, executions, summary in runs(self.registry.where, self.registry.config.name):
-            if run.name == run_id:
-                self._send(HTTPStatus.OK, ui_pages.run_page(run, executions, summary, provenance(run)))
-                return
+            if run.name != run_id:
+                continue
+            if log_of is None:
+                self._send(HTTPStatus.OK, ui_run.run_page(run, executions, summary, provenance(run), output_dir))
+            elif log_of in executions:
+                self._send(HTTPStatus.OK, ui_run.log_page(run, log_of, output_dir))
+            else:
+                self._error(HTTPStatus.NOT_FOUND, f"run {run_id!r} has no component {log_of!r}")
+            return
         self._error(HTTPStatus.NOT_FOUND, f"no run {run_id!r}; see /runs")
+
+    def _compare(self, query: dict) -> None:
+        records = {r.version: r for r in self._records()}
+        chosen = [(query.get(k) or [""])[0] for k in ("a", "b")]
+        if not all(v.isdigit() and int(v) in records for v in chosen):
+            known = ", ".join(map(str, sorted(records))) or "none"
+            self._error(HTTPStatus.NOT_FOUND, f"compare needs two pushed versions as ?a=V1&b=V2 (versions: {known})")
+            return
+        a, b = (records[int(v)] for v in chosen)
+        form = ui_pages.compare_form(sorted(records), a.version, b.version)
+        self._send(HTTPStatus.OK, ui_compare.compare_page(a, b, self.registry.config.model_name, form))
+
+    def _data(self, uri: Optional[str]) -> None:
+        found = ui_data.span_statistics(self.registry.open(), runs(self.registry.where, self.registry.config.name))
+        chosen = next((s for s in found if s.uri == uri), None) if uri else (found[0] if found else None)
+        if uri and chosen is None:
+            self._error(HTTPStatus.NOT_FOUND, "no run computed those statistics; see /data")
+            return
+        body = ui_data.data_page(
+            found, chosen, self.registry.review_log, self.registry.output_dir, self.registry.schema_diff
+        )
+        self._send(HTTPStatus.OK, body)
 
     def _records(self):
         return versions(self.registry.where, self.registry.config.name, self.registry.model_dir)
@@ -182,7 +221,9 @@ class Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, body)
 
     def _version(self, version: int) -> None:
-        record = next((r for r in self._records() if r.version == version), None)
+        records = self._records()
+        record = next((r for r in records if r.version == version), None)
+        older = max((r.version for r in records if r.version < version), default=None)
         if record is None:
             self._error(HTTPStatus.NOT_FOUND, f"version {version} was never pushed to {self.registry.model_dir}")
             return
@@ -192,7 +233,7 @@ class Handler(BaseHTTPRequestHandler):
         rollback_ok = version in present and version != served_version(self.registry.model_dir)
         self._send(
             HTTPStatus.OK,
-            ui_pages.version_page(record, self.registry.config, self.registry.open(), card_html, rollback_ok),
+            ui_pages.version_page(record, self.registry.config, self.registry.open(), card_html, rollback_ok, older),
         )
 
     def _confirm(self, version: int) -> None:
@@ -204,8 +245,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _file(self, raw: str) -> None:
         root = self.registry.output_dir.resolve()
-        path = Path(raw).resolve()
-        if not raw or not path.is_relative_to(root):
+        # Relative paths are the output directory's; resolving follows `..` and symlinks before the check.
+        path = (root / raw).resolve()
+        if not raw or "\0" in raw or not path.is_relative_to(root):
             self._error(HTTPStatus.FORBIDDEN, f"only files inside the output directory {root} are shown")
             return
         if path.is_dir():

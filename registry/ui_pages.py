@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 from urllib.parse import quote
 
 from registry.lineage import NodeExecution, created_ms, format_spans, model_origin, updated_ms
 from registry.record import describe, exec_property
-from registry.runs import ERROR_KEY, run_status
+from registry.runs import OUTCOMES, Outcome, outcome
 from registry.summary import RunSummary
 from registry.versions import HEADLINE_METRICS, VersionRecord, headline
-
-OUTCOMES = ("pushed", "not blessed", "data gate", "failed", "cached", "not pushed", "incomplete")
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1b1f24;background:#f6f7f9}
@@ -45,43 +41,31 @@ def page(title: str, body: str) -> str:
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{e(title)} - conveyor</title>'
         f"<style>{_CSS}</style></head><body><header><b>conveyor</b> &nbsp; "
-        '<a href="/runs">Runs</a><a href="/models">Models</a></header>'
+        '<a href="/runs">Runs</a><a href="/models">Models</a><a href="/data">Data</a></header>'
         f"<main><h1>{e(title)}</h1>{body}</main></body></html>"
     )
 
 
-def _time(ms: int) -> str:
+def utc(ms: int) -> str:
+    """A time in ms since 1970 as UTC text."""
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if ms else ""
 
 
-def _seconds(seconds: float) -> str:
+def seconds(seconds: float) -> str:
+    """A duration in words: seconds, or minutes above two."""
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """A run's outcome: one of OUTCOMES (for the filter) and the words `conveyor runs list` prints."""
+def outcome_text(result: Outcome, summary: RunSummary) -> str:
+    """The page's words for an outcome: the CLI's, except that a cached run with no reason says so."""
+    if result.kind == "cached" and not summary.not_pushed_reason:
+        return "from cache"
+    return result.text
 
-    kind: str
-    text: str
 
-
-def outcome(executions: dict[str, NodeExecution], summary: RunSummary) -> Outcome:
-    """What a run came to, in the words of `conveyor runs list`, with a kind to filter by."""
-    status, failed = run_status(executions)
-    if failed is not None:
-        kind = "data gate" if failed.node_id == "DataGate" else "failed"
-        return Outcome(kind, f"failed at {failed.node_id}")
-    if summary.pushed_to:
-        return Outcome("pushed", f"pushed version {Path(summary.pushed_to).name}")
-    if summary.blessed is False:
-        return Outcome("not blessed", "not blessed")
-    # The data gate runs every time; a run is "cached" when its push (so its model) came from the cache.
-    pusher = next((n for k, n in executions.items() if k.endswith("Pusher")), None)
-    if status == "succeeded" and pusher is not None and pusher.state == "cached":
-        return Outcome("cached", summary.not_pushed_reason or "from cache")
-    kind = "not pushed" if status == "succeeded" else "incomplete"
-    return Outcome(kind, summary.not_pushed_reason or status)
+def badge(result: Outcome, summary: RunSummary) -> str:
+    """An outcome as a coloured tag and its words."""
+    return f'<span class="tag {_TAG.get(result.kind, "")}">{e(result.kind)}</span> {e(outcome_text(result, summary))}'
 
 
 def span_of(executions: dict[str, NodeExecution]) -> tuple[float, float]:
@@ -110,9 +94,9 @@ def runs_page(runs: list, selected: Optional[str]) -> str:
         commit = run.custom_properties.get("git_commit")
         rows.append(
             f'<tr><td><a href="/runs/{quote(run.name)}">{e(run.name)}</a></td>'
-            f'<td><span class="tag {_TAG.get(result.kind, "")}">{e(result.kind)}</span> {e(result.text)}</td>'
-            f"<td>{e('' if summary.span is None else summary.span)}</td><td>{e(_time(start))}</td>"
-            f"<td>{e(_seconds((end - start) / 1000))}</td><td>{e(who.string_value if who else '')}</td>"
+            f"<td>{badge(result, summary)}</td>"
+            f"<td>{e('' if summary.span is None else summary.span)}</td><td>{e(utc(start))}</td>"
+            f"<td>{e(seconds((end - start) / 1000))}</td><td>{e(who.string_value if who else '')}</td>"
             f"<td><code>{e(commit.string_value[:12] if commit else '')}</code></td></tr>"
         )
     head = "<tr><th>run</th><th>outcome</th><th>span</th><th>started (UTC)</th><th>duration</th><th>who</th>"
@@ -121,39 +105,9 @@ def runs_page(runs: list, selected: Optional[str]) -> str:
     return page("Runs", body + "</table>")
 
 
-def _artifact_link(uri: str) -> str:
+def artifact_link(uri: str) -> str:
+    """A link to an artifact's file or directory through the read-only /files route."""
     return f'<a href="/files?path={quote(uri)}">{e(uri)}</a>'
-
-
-def run_page(run, executions: dict[str, NodeExecution], summary: RunSummary, provenance: dict) -> str:
-    """One run: provenance, each component's state and time, the failed component's error, artifacts."""
-    result = outcome(executions, summary)
-    parts = [f'<p><span class="tag {_TAG.get(result.kind, "")}">{e(result.kind)}</span> {e(result.text)}</p>']
-    parts.append("<table>" + "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in provenance.items()))
-    parts.append("</table>")
-    _, failed = run_status(executions)
-    if failed is not None:
-        error = failed.execution.custom_properties.get(ERROR_KEY)
-        text = error.string_value if error else "(not recorded; see the run log)"
-        parts.append(f"<h2>Failed: {e(failed.node_id)}</h2><pre class='error'>{e(text)}</pre>")
-    rows = []
-    for node_id, node in executions.items():
-        start, end = created_ms(node.execution), updated_ms(node.execution)
-        state = node.state
-        if state == "failed" and node_id.endswith("_resolver"):
-            state = "nothing resolved"
-        tag = {"cached": "warn", "complete": "ok", "failed": "bad"}.get(state, "")
-        outputs = "<br>".join(
-            f"{e(key)}: {_artifact_link(a.uri)}" for key, artifacts in node.outputs.items() for a in artifacts
-        )
-        rows.append(
-            f'<tr><td>{e(node_id)}</td><td><span class="tag {tag}">{e(state)}</span></td>'
-            f"<td>{e(_time(start))}</td><td>{e(_seconds((end - start) / 1000))}</td><td>{outputs}</td></tr>"
-        )
-    parts.append("<h2>Components</h2><table id='components'><tr><th>component</th><th>state</th>")
-    parts.append("<th>started (UTC)</th><th>time</th><th>artifacts</th></tr>" + "".join(rows) + "</table>")
-    parts.append(f"<h2>Summary</h2><pre>{e(chr(10).join(summary.lines()))}</pre>")
-    return page(f"Run {run.name}", "".join(parts))
 
 
 def metric_series(records: list[VersionRecord]) -> dict[str, list[tuple[int, float]]]:
@@ -213,6 +167,7 @@ def models_page(records: list[VersionRecord], served: Optional[int], present: se
     for label, version in labels.items():
         by_version.setdefault(version, []).append(label)
     rows = []
+    older = {r.version: o.version for r, o in zip(records, records[1:], strict=False)}
     for r in records:
         s = r.summary
         state = []
@@ -229,12 +184,35 @@ def models_page(records: list[VersionRecord], served: Optional[int], present: se
         rows.append(
             f'<tr><td><a href="/models/{r.version}">{r.version}</a></td><td>{" ".join(state)}</td>'
             f"<td>{e(r.pushed_at)}</td><td>{e(spans)}</td><td>{e(rows_text)}</td><td>{e(note)}</td>"
-            f'<td><a href="/runs/{quote(r.run_id)}">{e(r.run_id)}</a></td></tr>'
+            f'<td><a href="/runs/{quote(r.run_id)}">{e(r.run_id)}</a></td>'
+            f"<td>{compare_link(older.get(r.version), r.version)}</td></tr>"
         )
     head = "<tr><th>version</th><th>state</th><th>pushed at (UTC)</th><th>data</th><th>train rows</th>"
-    body = metrics_chart(metric_series(records))
-    body += f"<table id='versions'>{head}<th>metrics (change vs baseline)</th><th>run</th></tr>"
-    return page("Models", body + ("".join(rows) or "<tr><td colspan=7>no versions pushed yet</td></tr>") + "</table>")
+    body = metrics_chart(metric_series(records)) + compare_form(sorted(r.version for r in records))
+    body += f"<table id='versions'>{head}<th>metrics (change vs baseline)</th><th>run</th><th></th></tr>"
+    return page("Models", body + ("".join(rows) or "<tr><td colspan=8>no versions pushed yet</td></tr>") + "</table>")
+
+
+def compare_link(older: Optional[int], version: int) -> str:
+    """A link comparing a version with the one pushed before it (none for the first)."""
+    if older is None:
+        return ""
+    return f'<a class="compare" href="/compare?a={older}&amp;b={version}">compare with {older}</a>'
+
+
+def compare_form(versions: list[int], a: Optional[int] = None, b: Optional[int] = None) -> str:
+    """A GET form choosing two versions for /compare."""
+    if len(versions) < 1:
+        return ""
+
+    def options(chosen: Optional[int]) -> str:
+        return "".join(f"<option value='{v}'{' selected' if v == chosen else ''}>{v}</option>" for v in versions)
+
+    return (
+        "<form id='compare' method='get' action='/compare'><p>Compare version "
+        f"<select name='a'>{options(a)}</select> with <select name='b'>{options(b if b is not None else versions[-1])}"
+        "</select> <button type='submit'>compare</button></p></form>"
+    )
 
 
 def _step(title: str, *lines: str) -> str:
@@ -249,13 +227,13 @@ def lineage_steps(record: VersionRecord, store, pipeline_name: str) -> list[str]
     steps.append(_step("data", e(format_spans(record.training_spans) if record.training_spans else ""), e(rows)))
     node = ex.get("StatisticsGen")
     if node is not None and node.output("statistics") is not None:
-        steps.append(_step("statistics", _artifact_link(node.output("statistics").uri)))
+        steps.append(_step("statistics", artifact_link(node.output("statistics").uri)))
     node = ex.get("ImportSchemaGen")
     if node is not None:
         steps.append(_step("schema", e(exec_property(node, "schema_file"))))
     node = ex.get("Transform")
     if node is not None and node.output("transform_graph") is not None:
-        steps.append(_step("transform", _artifact_link(node.output("transform_graph").uri)))
+        steps.append(_step("transform", artifact_link(node.output("transform_graph").uri)))
     node = ex.get("Trainer")
     if node is not None and node.output("model") is not None:
         base = (node.inputs.get("base_model") or [None])[0]
@@ -263,22 +241,26 @@ def lineage_steps(record: VersionRecord, store, pipeline_name: str) -> list[str]
         if base is not None:
             version, spans = model_origin(store, base.id, pipeline_name)
             start = f"warm start from version {version or '(not pushed)'} ({format_spans(spans)})"
-        steps.append(_step("model", _artifact_link(node.output("model").uri), e(start)))
+        steps.append(_step("model", artifact_link(node.output("model").uri), e(start)))
     node = ex.get("Evaluator")
     if node is not None:
         baseline = node.inputs.get("baseline_model") or []
         against = f"baseline: {baseline[0].uri}" if baseline else "no baseline (absolute thresholds)"
         blessed = "" if s is None or s.blessed is None else ("blessed" if s.blessed else "not blessed")
         steps.append(_step("evaluation", e(against), e(blessed)))
-    steps.append(_step(f"push: version {record.version}", _artifact_link(record.destination)))
+    steps.append(_step(f"push: version {record.version}", artifact_link(record.destination)))
     return steps
 
 
-def version_page(record: VersionRecord, config, store, card_html: Optional[str], rollback_ok: bool) -> str:
+def version_page(
+    record: VersionRecord, config, store, card_html: Optional[str], rollback_ok: bool, older: Optional[int] = None
+) -> str:
     """One version: its lineage, its full record (`conveyor models show`), its model card and rollback."""
     steps = lineage_steps(record, store, config.name)
     body = "<h2>Lineage</h2><div class='chain' id='lineage'>"
     body += "<span class='arrow'>&rarr;</span>".join(steps) + "</div>"
+    if older is not None:
+        body += f"<p>{compare_link(older, record.version)}</p>"
     if rollback_ok:
         body += f'<p><a href="/models/{record.version}/rollback">Roll back to version {record.version}&hellip;</a></p>'
     body += f"<h2>Record</h2><pre id='record'>{e(chr(10).join(describe(record, config)))}</pre>"

@@ -19,9 +19,9 @@ from components.pusher.publish import list_versions, publish
 from pipeline.config import OutputConfig
 from registry.lineage import custom_property, open_store
 from registry.record import describe
-from registry.runs import runs
+from registry.runs import outcome, runs
 from registry.ui import Registry, make_server
-from registry.ui_pages import e, metric_series, outcome
+from registry.ui_pages import e, metric_series, outcome_text
 from registry.versions import served_version, versions
 
 pytestmark = pytest.mark.e2e
@@ -87,7 +87,7 @@ def test_runs_page_lists_every_run_newest_first_with_its_outcome(ui, e2e_config)
     positions = [body.index(f">{e(run.name)}</a>") for run, _, _ in found]
     assert positions == sorted(positions), "newest first, as `conveyor runs list`"
     for run, executions, summary in found:
-        assert e(outcome(executions, summary).text) in body
+        assert e(outcome_text(outcome(executions, summary), summary)) in body
         assert run.custom_properties["git_commit"].string_value[:12] in body
     kinds = {outcome(ex, s).kind: run.name for run, ex, s in found}
     assert {"pushed", "cached"} <= set(kinds)
