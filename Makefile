@@ -33,8 +33,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Two test processes (pytest-xdist), one per core; each file's tests stay in one process, so a file's
+# module and session fixtures are built once there. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 2
+
 test: lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(VENV)/bin/pytest -m "not e2e" $(PYTEST_ARGS)

@@ -34,9 +34,17 @@ setup(
     package_data={"serving": ["openapi.json"]},
     # schemathesis: the fuzz test of `conveyor serve` against that description (4.10 is the last release
     # that accepts the pinned pytest 8.0). playwright: the web UI's browser tests, driving Debian's chromium
-    # (no browser download).
+    # (no browser download). pytest-xdist: `make test` runs the suite in two processes, one per core; most
+    # tests spend their time in one Python thread (Beam's in-process runner, a server), so two halve the wait.
     extras_require={
-        "test": ["pytest==8.0.0", "ruff==0.17.6", "hypothesis==6.168.5", "schemathesis==4.10.2", "playwright==1.65.2"]
+        "test": [
+            "pytest==8.0.0",
+            "pytest-xdist==3.6.1",
+            "ruff==0.17.6",
+            "hypothesis==6.168.5",
+            "schemathesis==4.10.2",
+            "playwright==1.65.2",
+        ]
     },
     entry_points={"console_scripts": ["conveyor=cli.main:main"]},
 )
