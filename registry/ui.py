@@ -21,7 +21,7 @@ from typing import Optional
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from components.pusher.publish import MODELS_CONFIG, list_versions, pinned_versions
-from registry import ui_compare, ui_data, ui_pages, ui_run
+from registry import ui_compare, ui_data, ui_memo, ui_pages, ui_run
 from registry.lineage import open_store
 from registry.runs import OUTCOMES, provenance, runs
 from registry.versions import served_version, versions
@@ -51,6 +51,7 @@ class Registry:
     review_log: Optional[Path] = None
     schema_diff: Optional[ui_data.SchemaDiffer] = None
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    memo: ui_memo.Memo = field(default_factory=ui_memo.Memo)
 
     @property
     def model_dir(self) -> str:
@@ -62,7 +63,23 @@ class Registry:
         return self.config.output.store
 
     def open(self):
+        """ML Metadata, opened read-only for one request."""
         return open_store(self.config.output.store)
+
+    def runs(self) -> list:
+        """registry.runs.runs for this pipeline, read again only when ML Metadata or the files changed."""
+        return self.memo.get(("runs", self.state()), lambda: runs(self.where, self.config.name))
+
+    def versions(self) -> list:
+        """registry.versions.versions for this model, read again only when ML Metadata or the files changed."""
+        return self.memo.get(("versions", self.state()), lambda: versions(self.where, self.config.name, self.model_dir))
+
+    def state(self) -> tuple:
+        """What the pages are drawn from, as registry.ui_memo compares it: ML Metadata and the files beside."""
+        model_dir = Path(self.model_dir)
+        files = (model_dir, model_dir.parent / MODELS_CONFIG, self.output_dir / ui_run.LOG_DIR)
+        files += (self.review_log,) if self.review_log is not None else ()
+        return ui_memo.store_state(self.open()), ui_memo.files_state(files)
 
 
 def labels(model_dir: str) -> dict[str, int]:
@@ -91,6 +108,9 @@ class Handler(BaseHTTPRequestHandler):
         logging.getLogger("conveyor.ui").info("%s %s", self.address_string(), format % args)
 
     def _send(self, status: int, body: str | bytes, content_type: str = "text/html; charset=utf-8") -> None:
+        if getattr(self, "_drawn", None) is not None:  # a page being drawn for the memo: kept, sent after
+            self._drawn.append((status, body, content_type))
+            return
         data = body.encode("utf-8") if isinstance(body, str) else body
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -106,6 +126,27 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         url = urlsplit(self.path)
+        # Files are read as they are; the confirmation carries a token; both are cheap. Pages are kept.
+        if url.path.strip("/") in ("", "files") or url.path.endswith("/rollback"):
+            self._route(url)
+            return
+        try:
+            key = (self.path, self.registry.state())
+        except FileNotFoundError as err:
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(err))
+            return
+
+        def draw():
+            self._drawn = []
+            try:
+                self._route(url)
+                return self._drawn[0]
+            finally:
+                self._drawn = None
+
+        self._send(*self.registry.memo.get(key, draw))
+
+    def _route(self, url) -> None:
         parts = [unquote(p) for p in url.path.strip("/").split("/") if p]
         query = parse_qs(url.query)
         try:
@@ -167,12 +208,12 @@ class Handler(BaseHTTPRequestHandler):
         if selected is not None and selected not in OUTCOMES:
             self._error(HTTPStatus.BAD_REQUEST, f"outcome must be one of: {', '.join(OUTCOMES)}")
             return
-        found = runs(self.registry.where, self.registry.config.name)
-        self._send(HTTPStatus.OK, ui_pages.runs_page(found, selected))
+        found = self.registry.runs()
+        self._send(HTTPStatus.OK, ui_pages.runs_page(found, selected, self.registry.config.name))
 
     def _run(self, run_id: str, log_of: Optional[str] = None) -> None:
         output_dir = self.registry.output_dir
-        for run, executions, summary in runs(self.registry.where, self.registry.config.name):
+        for run, executions, summary in self.registry.runs():
             if run.name != run_id:
                 continue
             if log_of is None:
@@ -196,7 +237,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, ui_compare.compare_page(a, b, self.registry.config.model_name, form))
 
     def _data(self, uri: Optional[str]) -> None:
-        found = ui_data.span_statistics(self.registry.open(), runs(self.registry.where, self.registry.config.name))
+        found = ui_data.span_statistics(self.registry.open(), self.registry.runs())
         chosen = next((s for s in found if s.uri == uri), None) if uri else (found[0] if found else None)
         if uri and chosen is None:
             self._error(HTTPStatus.NOT_FOUND, "no run computed those statistics; see /data")
@@ -207,7 +248,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, body)
 
     def _records(self):
-        return versions(self.registry.where, self.registry.config.name, self.registry.model_dir)
+        return self.registry.versions()
 
     def _models(self) -> None:
         model_dir = self.registry.model_dir
@@ -231,10 +272,10 @@ class Handler(BaseHTTPRequestHandler):
         card_html = card.read_text(encoding="utf-8") if card.is_file() else None
         present = list_versions(self.registry.model_dir)
         rollback_ok = version in present and version != served_version(self.registry.model_dir)
-        self._send(
-            HTTPStatus.OK,
-            ui_pages.version_page(record, self.registry.config, self.registry.open(), card_html, rollback_ok, older),
-        )
+        known = tuple(r.version for r in records)
+        store = self.registry.open()
+        body = ui_pages.version_page(record, self.registry.config, store, card_html, rollback_ok, older, known)
+        self._send(HTTPStatus.OK, body)
 
     def _confirm(self, version: int) -> None:
         if version not in list_versions(self.registry.model_dir):

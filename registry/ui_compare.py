@@ -8,6 +8,7 @@ show` prints, read from TFMA's output); the config is what each version's Traine
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Optional
 
 from registry.lineage import format_spans, int_property
@@ -87,7 +88,7 @@ def data_facts(record: VersionRecord) -> dict[str, str]:
 
 
 def _change(va: Optional[float], vb: Optional[float]) -> str:
-    if va is None or vb is None:
+    if va is None or vb is None or math.isnan(va) or math.isnan(vb):
         return ""
     tag = "ok" if vb > va else ("bad" if vb < va else "")
     return f'<span class="tag {tag}">{vb - va:+.4f}</span>'

@@ -78,7 +78,7 @@ def span_of(executions: dict[str, NodeExecution]) -> tuple[float, float]:
 _TAG = {"pushed": "ok", "not blessed": "warn", "data gate": "warn", "failed": "bad"}
 
 
-def runs_page(runs: list, selected: Optional[str]) -> str:
+def runs_page(runs: list, selected: Optional[str], pipeline_name: str = "") -> str:
     """Every run newest first (`runs` as registry.runs.runs returns them), optionally of one outcome."""
     links = " ".join(
         f'<a href="/runs?outcome={quote(kind)}">{e(kind)}</a>' if kind != selected else f"<b>{e(kind)}</b>"
@@ -102,7 +102,7 @@ def runs_page(runs: list, selected: Optional[str]) -> str:
     head = "<tr><th>run</th><th>outcome</th><th>span</th><th>started (UTC)</th><th>duration</th><th>who</th>"
     body = f"<p>filter: <a href='/runs'>all</a> {links}</p><table id='runs'>{head}<th>commit</th></tr>"
     body += "".join(rows) or "<tr><td colspan=7>no runs</td></tr>"
-    return page("Runs", body + "</table>")
+    return page(f"Runs of {pipeline_name}" if pipeline_name else "Runs", body + "</table>")
 
 
 def artifact_link(uri: str) -> str:
@@ -253,7 +253,13 @@ def lineage_steps(record: VersionRecord, store, pipeline_name: str) -> list[str]
 
 
 def version_page(
-    record: VersionRecord, config, store, card_html: Optional[str], rollback_ok: bool, older: Optional[int] = None
+    record: VersionRecord,
+    config,
+    store,
+    card_html: Optional[str],
+    rollback_ok: bool,
+    older: Optional[int] = None,
+    known: tuple[int, ...] = (),
 ) -> str:
     """One version: its lineage, its full record (`conveyor models show`), its model card and rollback."""
     steps = lineage_steps(record, store, config.name)
@@ -261,6 +267,8 @@ def version_page(
     body += "<span class='arrow'>&rarr;</span>".join(steps) + "</div>"
     if older is not None:
         body += f"<p>{compare_link(older, record.version)}</p>"
+    if len(known) > 1:
+        body += compare_form(sorted(known), record.version, older if older is not None else max(known))
     if rollback_ok:
         body += f'<p><a href="/models/{record.version}/rollback">Roll back to version {record.version}&hellip;</a></p>'
     body += f"<h2>Record</h2><pre id='record'>{e(chr(10).join(describe(record, config)))}</pre>"

@@ -196,7 +196,11 @@ def _log_block(log: Optional[LogPart], node_id: str, output_dir: Path) -> str:
 def run_page(run, executions: dict[str, NodeExecution], summary: RunSummary, provenance: dict, output_dir: Path) -> str:
     """One run: outcome, provenance, its graph, the failed component's error and log, components, summary."""
     result = outcome(executions, summary)
-    parts = [f"<p>{badge(result, summary)}</p><table id='provenance'>"]
+    parts = [f"<p>{badge(result, summary)}"]
+    if summary.pushed_to:
+        version = Path(summary.pushed_to).name
+        parts.append(f' &middot; <a id="version" href="/models/{quote(version)}">version {e(version)}</a>')
+    parts.append("</p><table id='provenance'>")
     parts.extend(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in provenance.items())
     parts.append("</table>")
     if result.failed is not None:

@@ -1,7 +1,9 @@
 """`conveyor ui` over the e2e runs' real output: each page against the registry's own values, the
 read-only rules, the rollback flow against `conveyor models rollback`, and the pages in headless Chromium."""
 
+import html
 import json
+import math
 import os
 import re
 import shutil
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.ui import rollback_action
+from cli.ui import rollback_action, schema_review
 from components.pusher.publish import list_versions, publish
 from pipeline.config import OutputConfig
 from registry.lineage import custom_property, open_store
@@ -30,8 +32,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @contextmanager
-def serving(config, output_dir):
-    server = make_server(Registry(config, Path(output_dir), rollback_action(config)), "127.0.0.1", 0)
+def serving(config, output_dir, review_log=None):
+    log, schema_diff = schema_review(config)
+    registry = Registry(config, Path(output_dir), rollback_action(config), review_log or log, schema_diff)
+    server = make_server(registry, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -253,6 +257,29 @@ def test_pages_in_headless_chromium_fetch_nothing_from_elsewhere_and_roll_back(p
             page.wait_for_selector("#done")
             new = list_versions(model_dir)[-1]
             assert page.locator("#done").inner_text() == f"Version {good} is served again as version {new}."
+            # Runs -> the run that pushed `good` -> its version -> compared with the rollback's version.
+            pushed_run, pushed_executions, _ = next(f for f in found if f[2].pushed_to)
+            page.goto(f"{base}/runs")
+            page.click(f"table#runs a[href='/runs/{urllib.parse.quote(pushed_run.name)}']")
+            assert page.locator("svg#graph g.node").count() == len(pushed_executions)
+            assert page.locator("#summary").inner_text().splitlines()[0] == "status: succeeded"
+            page.screenshot(path=str(tmp_path / "run.png"), full_page=True)
+            page.click("#version")
+            assert urllib.parse.urlsplit(page.url).path == f"/models/{good}"
+            page.select_option("#compare select[name='b']", str(new))
+            page.click("#compare button")
+            page.wait_for_selector("table#metrics")
+            metrics, _ = _evaluation_of(_record_of(private, good))
+            expected = [(w, n, v["candidate"]) for w, by in metrics.items() for n, v in by.items() if "candidate" in v]
+            rows = page.locator("table#metrics tr")
+            assert rows.count() == len(expected) + 1
+            where, name, a_value, b_value, _ = rows.nth(1).locator("td").all_inner_texts()
+            assert where == "Overall" and a_value == f"{metrics['Overall'][name]['candidate']:.4f}"
+            assert b_value == "", "the rollback's version was evaluated by no run of its own"
+            page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
+            page.goto(f"{base}/data")
+            assert page.locator("table.features svg.dist").count() > 10
+            page.screenshot(path=str(tmp_path / "data.png"), full_page=True)
         finally:
             browser.close()
     assert elsewhere == []
@@ -266,7 +293,8 @@ def test_values_from_ml_metadata_are_escaped_not_run():
     from registry.lineage import NodeExecution
     from registry.runs import ERROR_KEY
     from registry.summary import RunSummary
-    from registry.ui_pages import run_page, runs_page
+    from registry.ui_pages import runs_page
+    from registry.ui_run import run_page
 
     attack = '<script>alert("x")</script>'
     run = metadata_store_pb2.Context(name=attack)
@@ -275,7 +303,214 @@ def test_values_from_ml_metadata_are_escaped_not_run():
     execution.custom_properties[ERROR_KEY].string_value = attack
     executions = {attack: NodeExecution(attack, "failed", execution)}
     for body in (
-        runs_page([(run, executions, RunSummary(attack))], None),
-        run_page(run, executions, RunSummary(attack), {"user": attack}),
+        runs_page([(run, executions, RunSummary(attack))], None, attack),
+        run_page(run, executions, RunSummary(attack), {"user": attack}, Path("/nonexistent")),
     ):
+        assert "<script" not in body and e(attack) in body
+
+
+def _cli_out(capsys, *argv: str) -> str:
+    from cli.main import main
+
+    capsys.readouterr()
+    assert main(list(argv)) == 0
+    return capsys.readouterr().out
+
+
+def _inner(body: str, element_id: str) -> str:
+    """The text of the <pre> with this id, unescaped."""
+    match = re.search(rf"id='{element_id}'>(.*?)</pre>", body, re.S)
+    return html.unescape(match.group(1))
+
+
+def test_run_page_graph_follows_ml_metadata_events_and_summary_is_runs_show(ui, e2e_config, capsys):
+    from ml_metadata.proto import metadata_store_pb2
+
+    store = open_store(e2e_config.output.store)
+    args = ["--config", e2e_config.source, "--output-dir", str(output_dir_of(e2e_config))]
+    states = set()
+    for run, executions, summary in runs(e2e_config.output.store, e2e_config.name)[:2]:
+        _, body = fetch(f"{ui}/runs/{urllib.parse.quote(run.name)}")
+        # Every execution is a node, with the state ML Metadata recorded (cached ones as cached).
+        nodes = dict(re.findall(r'<g class="node" data-node="([^"]+)" data-state="([^"]+)"', body))
+        assert set(nodes) == set(executions)
+        states.update(nodes.values())
+        for node_id, node in executions.items():
+            expected = "nothing resolved" if node.state == "failed" and node_id.endswith("_resolver") else node.state
+            assert nodes[node_id] == expected
+        # Every edge is an artifact one execution wrote and another read, straight from the events.
+        drawn = set(re.findall(r'class="edge" data-from="([^"]+)" data-to="([^"]+)"', body))
+        ids = {n.execution.id: node_id for node_id, n in executions.items()}
+        events = store.get_events_by_execution_ids(list(ids))
+        wrote = {(ev.artifact_id, ids[ev.execution_id]) for ev in events if ev.type == metadata_store_pb2.Event.OUTPUT}
+        read = {(ev.artifact_id, ids[ev.execution_id]) for ev in events if ev.type == metadata_store_pb2.Event.INPUT}
+        assert drawn == {(w, r) for a, w in wrote for b, r in read if a == b and w != r}
+        assert {("CsvExampleGen", "StatisticsGen"), ("Transform", "Trainer"), ("Trainer", "Evaluator")} <= drawn
+        assert _inner(body, "summary") == _cli_out(capsys, "runs", "show", run.name, *args).rstrip("\n")
+        if summary.pushed_to:
+            assert f'id="version" href="/models/{Path(summary.pushed_to).name}"' in body
+    assert {"cached", "complete"} <= states, "the second run's components came from the cache"
+
+
+def test_a_components_part_of_the_run_log_is_found_by_the_run_id(private, two_runs):
+    """`conveyor run`'s one log per run, placed where it writes it (<output>/logs): each component's part."""
+    first = runs(private.output.store, private.name)[-1][0]
+    logs = output_dir_of(private) / "logs"
+    logs.mkdir(exist_ok=True)
+    shutil.copy(two_runs[0].log_path, logs / two_runs[0].log_path.name)
+    with serving(private, output_dir_of(private)) as base:
+        status, body = fetch(f"{base}/runs/{urllib.parse.quote(first.name)}/log/Trainer")
+        assert status == 200
+        shown = html.unescape(re.search(r"<pre class='log'>(.*?)</pre>", body, re.S).group(1)).splitlines()
+        lines = two_runs[0].log_path.read_text(encoding="utf-8").splitlines()
+        start = next(i for i, line in enumerate(lines) if line.endswith("Component Trainer is running."))
+        end = next(i for i in range(start + 1, len(lines)) if lines[i].endswith(" is running."))
+        assert shown == lines[start:end][-400:] and lines[end].endswith("Component Evaluator is running.")
+        assert fetch(f"{base}/runs/{urllib.parse.quote(first.name)}/log/NoSuchNode")[0] == 404
+        logs.joinpath(two_runs[0].log_path.name).unlink()
+        _, body = fetch(f"{base}/runs/{urllib.parse.quote(first.name)}/log/Trainer")
+        assert "TFX writes no log per component" in body
+
+
+def test_files_route_refuses_paths_outside_the_output_directory(private, tmp_path):
+    with serving(private, output_dir_of(private)) as base:
+        for raw in ("../../../../etc/passwd", "serving_model/../../..", "/etc/passwd", str(tmp_path.parent)):
+            assert fetch(f"{base}/files?path={urllib.parse.quote(raw)}")[0] == 403, raw
+        (tmp_path / "escape").symlink_to("/etc")
+        assert fetch(f"{base}/files?path=escape/passwd")[0] == 403, "a symlink out is outside too"
+        status, body = fetch(f"{base}/files?path=serving_model/models.config")
+        assert status == 200 and "model_config_list" in body
+        assert fetch(f"{base}/files?path=no_such_file")[0] == 404
+
+
+def _evaluation_of(record):
+    from registry.record import metrics_by_slice, thresholds
+
+    evaluator = record.executions["Evaluator"]
+    return metrics_by_slice(evaluator.output("evaluation").uri), thresholds(evaluator)
+
+
+def test_compare_shows_every_metric_per_slice_thresholds_config_and_data(ui, e2e_config):
+    records = versions(e2e_config.output.store, e2e_config.name, e2e_config.serving_model_dir)
+    record = records[-1]
+    v = record.version
+    status, body = fetch(f"{ui}/compare?a={v}&b={v}")
+    assert status == 200
+    metrics, bounds = _evaluation_of(record)
+    assert len(metrics) > 1, "the e2e config slices the evaluation"
+    table = body[body.index("id='metrics'") : body.index("id='thresholds'")]
+    for where, by_name in metrics.items():
+        for name, values in by_name.items():
+            if "candidate" in values:
+                value = f"{values['candidate']:.4f}"
+                row = f"<tr><td>{e(where)}</td><td>{e(name)}</td><td>{value}</td><td>{value}</td>"
+                change = "" if math.isnan(values["candidate"]) else '<span class="tag ">+0.0000</span>'
+                assert f"{row}<td>{change}</td></tr>" in table, (where, name)
+    assert table.index("<td>Overall</td>") < min(table.index(f"<td>{e(w)}</td>") for w in metrics if w != "Overall")
+    thresholds_table = body[body.index("id='thresholds'") : body.index("id='config'")]
+    assert bounds and all(e(t["bound"]) in thresholds_table for t in bounds)
+    # The e2e config's thresholds: AUC >= 0.3 and may drop 0.5 at most, BinaryAccuracy >= 0.3.
+    assert {(t["metric"], t["kind"]) for t in bounds} == {
+        ("auc", "value"),
+        ("auc", "change vs baseline"),
+        ("binary_accuracy", "value"),
+    }
+    assert thresholds_table.count("&gt;= 0.3") == 2 * 2 and thresholds_table.count("pass</span>") == 2 * len(bounds)
+    assert "0 difference(s)" in body[body.index("Config difference") :]
+    data = body[body.index("id='data'") :]
+    assert "no difference" in data
+    for bad in ("a=1&b=2", f"a={v}", f"a={v}&b=nonsense", "a=../1&b=1"):
+        assert fetch(f"{ui}/compare?{bad}")[0] == 404
+
+
+def test_data_page_draws_each_features_statistics_and_the_review_history(private, two_runs, tmp_path):
+    import tensorflow_data_validation as tfdv
+
+    from schema import review
+
+    found = runs(private.output.store, private.name)
+    statistics = found[-1][1]["StatisticsGen"].output("statistics")
+    stats = tfdv.load_stats_binary(str(Path(statistics.uri) / "Split-train" / "FeatureStats.pb"))
+    log = tmp_path / "schema" / review.REVIEW_LOG
+    log.parent.mkdir()
+    result, _ = review.diff_statistics(stats, private.schema_path, "the e2e data", 271)
+    assert result.changes, "the e2e data's small sample differs from the curated schema"
+    review.record_review(log, result, result.changes[:1], "before", "after", {"id": found[-1][0].name})
+    with serving(private, output_dir_of(private), review_log=log) as base:
+        status, body = fetch(f"{base}/data")
+    assert status == 200
+    assert "span 0</b>" in body and e(found[-1][0].name) in body
+    train = body[body.index("data-split='train'") : body.index("</table>", body.index("data-split='train'"))]
+    for feature in stats.datasets[0].features:
+        name = feature.path.step[0]
+        common = feature.num_stats.common_stats if feature.HasField("num_stats") else feature.string_stats.common_stats
+        fraction = common.num_missing / (common.num_missing + common.num_non_missing)
+        assert f'class="missing" data-feature="{e(name)}" data-fraction="{fraction:.6f}"' in train
+        chart = re.search(rf'class="dist" data-feature="{re.escape(e(name))}".*?</svg>', train, re.S).group(0)
+        if feature.HasField("num_stats"):
+            expected = len(next(h for h in feature.num_stats.histograms if h.type == 0).buckets)
+        else:
+            expected = min(12, len(feature.string_stats.top_values))
+        assert chart.count('class="bar"') == expected, name
+    diff = body[body.index("id='diff'") :]
+    assert all(e(c.line()) in diff for c in result.changes)
+    history = body[body.index("id='reviews'") :]
+    change = result.changes[0]
+    assert e(change.text) in history and e(change.feature) in history and "1 change(s) from the e2e data" in history
+    assert "<li>none</li>" in body[body.index("id='anomalies'") :] and not found[-1][2].anomalies
+
+
+def test_a_page_is_drawn_again_when_ml_metadata_changes(private):
+    """Pages are kept while their sources stand still (registry.ui_memo); a write to the store shows at once."""
+    with serving(private, output_dir_of(private)) as base:
+        _, before = fetch(f"{base}/runs")
+        assert fetch(f"{base}/runs")[1] == before
+        store = open_store(private.output.store, readonly=False)
+        run = runs(private.output.store, private.name)[0][0]
+        run.custom_properties["user"].string_value = "someone-else"
+        store.put_contexts([run])
+        _, after = fetch(f"{base}/runs")
+        assert "someone-else" in after and "someone-else" not in before
+
+
+def test_new_pages_escape_feature_names_run_errors_and_pipeline_names(tmp_path):
+    """A feature name (from a CSV header), a run's error, its log and a pipeline name reach the pages as text."""
+    from ml_metadata.proto import metadata_store_pb2
+    from tensorflow_metadata.proto.v0 import statistics_pb2
+
+    from registry.lineage import NodeExecution
+    from registry.runs import ERROR_KEY
+    from registry.summary import RunSummary
+    from registry.ui_compare import compare_page
+    from registry.ui_data import SpanStatistics, data_page
+    from registry.ui_run import run_page
+    from registry.versions import VersionRecord
+
+    attack = '<script>alert("x")</script>'
+    stats = statistics_pb2.DatasetFeatureStatisticsList()
+    feature = stats.datasets.add(num_examples=3).features.add()
+    feature.path.step.append(attack)
+    feature.string_stats.common_stats.num_non_missing = 3
+    feature.string_stats.top_values.add(value=attack, frequency=3)
+    (tmp_path / "stats" / "Split-train").mkdir(parents=True)
+    (tmp_path / "stats" / "Split-train" / "FeatureStats.pb").write_bytes(stats.SerializeToString())
+    summary = RunSummary(attack, anomalies={"train": [attack]})
+    found = [SpanStatistics([1], attack, str(tmp_path / "stats"), ["train"], summary, [attack])]
+    review_log = tmp_path / "reviews.jsonl"
+    change = {"feature": attack, "kind": attack, "text": attack}
+    review_log.write_text(json.dumps({"approved_by": attack, "data": attack, "changes": [change]}) + "\n")
+    data = data_page(found, found[0], review_log, tmp_path, lambda *_: ([attack], [attack]))
+
+    run = metadata_store_pb2.Context(name=attack)
+    execution = metadata_store_pb2.Execution(last_known_state=metadata_store_pb2.Execution.FAILED)
+    execution.custom_properties[ERROR_KEY].string_value = attack
+    executions = {attack: NodeExecution(attack, "failed", execution)}
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "run-1.log").write_text(
+        f'string_value: "{attack}"\nComponent {attack} is running.\nTraceback: {attack}\n', encoding="utf-8"
+    )
+    run_body = run_page(run, executions, summary, {"user": attack}, tmp_path)
+    assert f"<pre class='log'>Component {e(attack)} is running." in run_body, "the failed component's log, found"
+    record = VersionRecord(1, attack, attack, attack, summary=summary)
+    for body in (data, run_body, compare_page(record, record, attack)):
         assert "<script" not in body and e(attack) in body
