@@ -14,7 +14,7 @@ PYTHON310 := $(shell \
 	else root=$$(pyenv root 2>/dev/null || echo $$HOME/.pyenv); \
 	  ls -d $$root/versions/3.10.*/bin/python 2>/dev/null | sort -V | tail -n 1; fi)
 
-.PHONY: run test lint unit image compile clean venv
+.PHONY: run test lint unit image compile clean venv flink-jar
 
 venv: $(STAMP)
 
@@ -48,6 +48,10 @@ IMAGE ?= ghcr.io/conveyor-ml/conveyor:latest
 image:
 	docker build -f kubeflow/Dockerfile -t $(IMAGE) .
 	docker push $(IMAGE)
+
+# Beam's Flink job-server jar for `conveyor run --engine flink`, into ~/.cache/conveyor (needs Java).
+flink-jar:
+	.ci/flink-jar
 
 compile: $(STAMP)
 	$(VENV)/bin/conveyor compile --image $(IMAGE) $(ARGS)

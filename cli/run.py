@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config, add_metadata
+from pipeline.engines import ENGINES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="wait up to SECONDS for another run of this pipeline on the shared store, then refuse "
         "(default: the config's metadata.lock_wait, else 0: refuse at once)",
     )
+    run.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="direct",
+        help="where the Beam components run: the DirectRunner in this process (default), or Apache Flink's "
+        "embedded cluster through Beam's FlinkRunner (needs Java and `make flink-jar`; README, Flink)",
+    )
     run.set_defaults(func=cmd_run)
 
 
@@ -41,6 +49,7 @@ def run_input(config) -> Path:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError, load_config
+    from pipeline.engines import EngineUnavailable, engine_args
     from pipeline.metadata import MetadataUnavailable
     from pipeline.runner import ComponentFailed, RunLocked, run_local
     from pipeline.store_lock import StoreLocked
@@ -59,6 +68,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"error: --lock-wait must be at least 0 seconds, got {args.lock_wait:g}", file=sys.stderr)
             return EXIT_USAGE
         config = config.replace(output=dataclasses.replace(config.output, lock_wait=args.lock_wait))
+    try:
+        config = config.replace(beam_args=config.beam_args + engine_args(args.engine))
+    except EngineUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     if config.output.store.shared:
         try:  # before any component runs: an unreachable store fails in one line, not inside TFX
             connect(config.output.store)
@@ -72,7 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except DataReadError as err:
         print(f"error: cannot read input: {err}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"conveyor: running pipeline '{config.name}' on {config.data_root}", file=sys.stderr)
+    engine = " (Beam components on Flink)" if args.engine == "flink" else ""
+    print(f"conveyor: running pipeline '{config.name}' on {config.data_root}{engine}", file=sys.stderr)
     try:
         result = run_local(config, sys.stderr)
     except (RunLocked, StoreLocked, MetadataUnavailable, OSError) as err:
