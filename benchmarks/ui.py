@@ -149,7 +149,7 @@ def fill(source: Path, out: Path, total_runs: int, total_versions: int):
             template, template_executions, real_version = run, executions, Path(summary.pushed_to)
     if template is None:
         raise SystemExit(f"{source} has no pushed run to copy")
-    pushed = 1
+    pushed = 0  # the source's own push names its directory, not out/'s: every version counted is a new one
     # The copied store's push names the source's directory; the new versions live under out/.
     first = int(real_version.name)
     (model_dir / real_version.name).symlink_to(real_version)
