@@ -1,7 +1,7 @@
 """The data stages at 100k and 1M rows: rows per second per component and peak memory.
 
 Usage: python benchmarks/scale.py [--sizes 100000,1000000] [--modes in_memory,multi_processing]
-                                  [--workdir /tmp/conveyor-scale]
+                                  [--workdir /tmp/conveyor-scale] [--stage all|example_gen]
 
 For each size it writes taxi-like data deterministically (the bundled trips resampled with noise
 on the numeric columns), then measures, each in a fresh process:
@@ -13,6 +13,10 @@ on the numeric columns), then measures, each in a fresh process:
   gate, Transform) from `create_pipeline`, under each Beam running mode, with per-component wall
   times from ML Metadata and rows per second (the running mode `conveyor run` would pick is
   reported with them).
+
+With `--stage example_gen`, only CsvExampleGen: pyarrow's bare read of the CSV, then stock TFX's
+CsvExampleGen executor and Conveyor's (`components/example_gen.py`) on the same file, each run
+through its `Executor.Do` in a fresh process under each Beam running mode, with the rows written.
 
 Peak memory is the larger of the process's and its largest child's max RSS (Beam's worker
 processes are children in multi-processing mode; their sum is not measured).
@@ -111,6 +115,47 @@ print("SECONDS", time.monotonic() - t)
 print("BEAM", " ".join(config.beam_args))
 """
 
+_PYARROW_READ = """
+import sys, time
+import pyarrow.csv as pv
+t = time.monotonic()
+table = pv.read_csv(sys.argv[1])
+print("SECONDS", time.monotonic() - t)
+print("ROWS", table.num_rows)
+"""
+
+_EXAMPLE_GEN = """
+import sys, time, glob, os
+from pipeline.environment import prepare_environment
+prepare_environment()
+from pipeline import speedups
+from pipeline.runner import local_beam_args
+from tfx.components.example_gen import utils
+from tfx.components.example_gen.csv_example_gen import executor as stock
+from tfx.dsl.components.base import base_beam_executor
+from tfx.proto import example_gen_pb2
+from tfx.types import standard_artifacts, standard_component_specs as keys
+from tfx.utils import proto_utils
+from components import example_gen
+speedups.apply()
+executor_class = {"stock": stock.Executor, "conveyor": example_gen.Executor}[sys.argv[1]]
+input_config = utils.make_default_input_config()
+examples = standard_artifacts.Examples()
+examples.uri = sys.argv[3]
+properties = {
+    keys.INPUT_BASE_KEY: sys.argv[2],
+    keys.INPUT_CONFIG_KEY: proto_utils.proto_to_json(input_config),
+    keys.OUTPUT_CONFIG_KEY: proto_utils.proto_to_json(utils.make_default_output_config(input_config)),
+    keys.OUTPUT_DATA_FORMAT_KEY: example_gen_pb2.FORMAT_TF_EXAMPLE,
+}
+args = list(local_beam_args(tuple(sys.argv[4:])))
+context = base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=args, tmp_dir=sys.argv[3] + "-tmp")
+t = time.monotonic()
+executor_class(context).Do({}, {keys.EXAMPLES_KEY: [examples]}, properties)
+print("SECONDS", time.monotonic() - t)
+print("BEAM", " ".join(args))
+"""
+
 _WRAP = """
 import resource, runpy, sys
 sys.argv = sys.argv[1:]
@@ -135,7 +180,7 @@ def _run(script: str, *args: str, workdir: Path) -> dict:
     out = {}
     for line in result.stdout.splitlines():
         key, _, value = line.partition(" ")
-        if key in ("SECONDS", "MAXRSS", "BEAM"):
+        if key in ("SECONDS", "MAXRSS", "BEAM", "ROWS"):
             out[key] = value
     out["MAXRSS"] = int(out["MAXRSS"]) / 1024
     return out
@@ -153,11 +198,53 @@ def _component_seconds(output: Path) -> dict[str, float]:
     }
 
 
+def _example_records(output: Path) -> dict[str, int]:
+    """Records per split in an examples directory, counted through TensorFlow's own reader."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    from components.examples import record_compression
+
+    counts = {}
+    for split in sorted(p for p in output.iterdir() if p.name.startswith("Split-")):
+        files = sorted(str(f) for f in split.iterdir())
+        dataset = tf.data.TFRecordDataset(files, compression_type=record_compression(files)).batch(65536)
+        counts[split.name[len("Split-") :]] = sum(int(tf.size(b)) for b in dataset)
+    return counts
+
+
+def _example_gen_stage(size: int, data: Path, work: Path, modes: list[str]) -> None:
+    """pyarrow's bare read, then stock and Conveyor's CsvExampleGen, side by side per mode."""
+    csv_path = str(data / "data.csv")
+    arrow = _run(_PYARROW_READ, csv_path, workdir=work)
+    print("| CsvExampleGen | Beam mode | s | rows/s | vs stock | rows per split | peak MiB |")
+    print("|---|---|---:|---:|---:|---|---:|")
+    seconds = float(arrow["SECONDS"])
+    print(f"| pyarrow `read_csv` alone | | {seconds:.1f} | {size / seconds:,.0f} | | | {arrow['MAXRSS']:.0f} |")
+    for mode in modes:
+        beam = [f"--direct_running_mode={mode}"]
+        beam.append(f"--direct_num_workers={os.cpu_count() if mode == 'multi_processing' else 1}")
+        reference = None
+        for name in ("stock", "conveyor"):
+            out = work / f"examples-{size}-{mode}-{name}"
+            result = _run(_EXAMPLE_GEN, name, str(data), str(out), *beam, workdir=work)
+            seconds = float(result["SECONDS"])
+            reference = reference or seconds
+            counts = ", ".join(f"{k} {v:,}" for k, v in _example_records(out).items())
+            print(
+                f"| {name} | {mode} | {seconds:.1f} | {size / seconds:,.0f} | {reference / seconds:.2f}x "
+                f"| {counts} | {result['MAXRSS']:.0f} |",
+                flush=True,
+            )
+            shutil.rmtree(out, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--modes", default="in_memory,multi_processing")
     parser.add_argument("--workdir", default="/tmp/conveyor-scale")
+    parser.add_argument("--stage", choices=("all", "example_gen"), default="all")
     args = parser.parse_args(argv)
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
@@ -172,6 +259,9 @@ def main(argv=None) -> int:
         print(
             f"\n## {size:,} rows ({megabytes:.0f} MiB CSV, written in {time.monotonic() - started:.0f} s)", flush=True
         )
+        if args.stage == "example_gen":
+            _example_gen_stage(size, data, work, args.modes.split(","))
+            continue
         csv_path = str(data / "data.csv")
         arrow = _run(_PYARROW, csv_path, workdir=work)
         stock = _run(_TFDV, csv_path, "{}", str(work / "stock.stats"), workdir=work)

@@ -98,10 +98,7 @@ class _WriteChunk(beam.DoFn):
     def _features(self, parsed: parse.ParsedChunk, types: dict[str, int]) -> dict:
         # A repeated column name keeps its last column's values, as TFX's dict of features does.
         last = {name: column for name, column in zip(self._names, parsed.columns, strict=True)}
-        return {
-            name: encode.feature_bytes(types[name], *parse.typed_values(column, types[name]))
-            for name, column in last.items()
-        }
+        return {name: (types[name], *parse.typed_values(column, types[name])) for name, column in last.items()}
 
     def _split_of_rows(self, features: dict, examples, types: dict[str, int]) -> np.ndarray:
         if len(self._buckets) == 1:
@@ -115,7 +112,7 @@ class _WriteChunk(beam.DoFn):
             raise RuntimeError("Partition feature does not contain any value.")
         if kind == encode.FLOAT and len(examples):
             raise RuntimeError("Only `bytes_list` and `int64_list` features are supported for partition.")
-        return encode.split_indices(features[self._partition], self._buckets)
+        return encode.split_indices(encode.feature_bytes(*features[self._partition]), self._buckets)
 
     def process(self, chunk: parse.Chunk, counts: dict[int, tuple[str, int]], types: dict[str, int]):
         parsed = _parsed(chunk, counts, len(self._names))
@@ -129,8 +126,8 @@ class _WriteChunk(beam.DoFn):
             # Written under a temporary name and renamed: a retried range rewrites the same file.
             path, temporary = os.path.join(uri, name), os.path.join(uri, f".{name}.{os.getpid()}.tmp")
             with tf.io.TFRecordWriter(temporary) as writer:
-                for record in examples.take(rows).to_pylist():
-                    writer.write(record)
+                for i in rows.tolist():
+                    writer.write(examples[i])
             fileio.rename(temporary, path, overwrite=True)
             self._count.inc(len(rows))
             yield split, len(rows)
