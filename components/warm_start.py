@@ -10,8 +10,9 @@ same training config), it returns the model that Trainer warm-started from, and 
 Every other case (new data, a changed config) resolves the latest blessed model, as the stock
 strategy does.
 
-KubeflowV2DagRunner compiles only the stock strategies, so compiled pipelines use
-LatestBlessedModelStrategy (see `PipelineConfig.reuse_unchanged_runs`).
+Open-source Kubeflow Pipelines runs no resolvers: compiled pipelines read the latest blessed model
+from a record in the artifact store instead (components.cluster_state;
+`PipelineConfig.resolve_from_metadata`).
 """
 
 from __future__ import annotations

@@ -73,8 +73,8 @@ def cluster_config(config: PipelineConfig, overrides: Optional[KubeflowConfig] =
         )
     if config.window > 1:
         raise ValueError(
-            "data.window > 1 needs a span-range resolver, which KubeflowV2DagRunner does not support "
-            "(it compiles only latest-artifact and latest-blessed-model resolvers); compile with data.window: 1"
+            "data.window > 1 needs a span-range resolver, which open-source Kubeflow Pipelines cannot run "
+            "(no resolver executors); compile with data.window: 1"
         )
     missing = [n for n in ("pipeline_root", "data_root", "serving_root", "image") if not getattr(facts, n)]
     if missing:
@@ -94,9 +94,9 @@ def cluster_config(config: PipelineConfig, overrides: Optional[KubeflowConfig] =
         output=OutputConfig(pipeline_root=facts.pipeline_root, serving_root=facts.serving_root, metadata_path=None),
         beam_args=facts.beam_args or config.beam_args,
         kubeflow=facts,
-        # KubeflowV2DagRunner compiles only TFX's stock resolver strategies: a cluster re-run of
-        # unchanged data trains again from the latest blessed model instead of hitting the cache.
-        reuse_unchanged_runs=False,
+        # Open-source KFP runs no resolver executors: the latest blessed model and the previous
+        # statistics come from records in the artifact store (components.cluster_state).
+        resolve_from_metadata=False,
     )
 
 
@@ -111,7 +111,9 @@ def compile_pipeline(config: PipelineConfig, output_file: str | Path) -> Path:
       The path written.
     """
     from tfx import v1 as tfx
+    from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
+    from kubeflow import open_source_kfp
     from pipeline.pipeline import create_pipeline
 
     output = Path(output_file)
@@ -124,7 +126,16 @@ def compile_pipeline(config: PipelineConfig, output_file: str | Path) -> Path:
         output_dir=str(output.parent),
         output_filename=output.name,
     )
-    runner.run(create_pipeline(config), write_out=True)
+    job = runner.run(create_pipeline(config), write_out=False)
+    spec = open_source_kfp.adapt(job["pipelineSpec"])
+    problems = open_source_kfp.check(spec)
+    if problems:
+        raise open_source_kfp.NotRunnable("; ".join(problems))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # TFX's own writer: the same layout (and leading comments) as KubeflowV2DagRunner's write_out.
+    kubeflow_v2_dag_runner._write_pipeline_spec_to_file(
+        job, f"This is converted from TFX pipeline from tfx-{tfx.__version__}.", str(output)
+    )
     if config.kubeflow.serving_pvc:
         _mount_serving_volume(output, config.kubeflow.serving_pvc, config.output.serving_root)
     return output

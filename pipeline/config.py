@@ -197,10 +197,11 @@ class PipelineConfig:
     beam_args: tuple[str, ...] = ()
     kubeflow: KubeflowConfig = field(default_factory=KubeflowConfig)
     source: Optional[str] = None
-    # An orchestrator fact, not a dataset one: whether the warm-start resolver may use Conveyor's
-    # own strategy (components.warm_start), which lets an unchanged re-run be served wholly from
-    # cache. KubeflowV2DagRunner compiles only TFX's stock resolver strategies.
-    reuse_unchanged_runs: bool = True
+    # An orchestrator fact, not a dataset one: how the pipeline finds the latest blessed model and the
+    # previous statistics. True: TFX resolvers over ML Metadata (local runs; an unchanged re-run is
+    # served wholly from cache). False: records in the artifact store (components.cluster_state), for
+    # open-source Kubeflow Pipelines, which runs no resolver executors.
+    resolve_from_metadata: bool = True
 
     @property
     def serving_model_dir(self) -> str:

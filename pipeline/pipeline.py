@@ -20,13 +20,13 @@ from tfx.components import (
 from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
 from tfx.dsl.components.common.resolver import Resolver
 from tfx.dsl.input_resolution.strategies.latest_artifact_strategy import LatestArtifactStrategy
-from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
 from tfx.dsl.input_resolution.strategies.span_range_strategy import SpanRangeStrategy
 from tfx.orchestration.pipeline import Pipeline
 from tfx.proto import example_gen_pb2, range_config_pb2, trainer_pb2
 from tfx.types import standard_artifacts
 from tfx.types.channel import Channel
 
+from components.cluster_state import LatestBlessedModel, PreviousStatistics, RecordBlessedModel, state_dir
 from components.data_gate.component import DataGate
 from components.example_gen import CsvExampleGen
 from components.features import PREDICTION_KEY, TRANSFORM_SIGNATURE, transformed_label
@@ -171,19 +171,16 @@ def _training_examples(config: PipelineConfig, example_gen) -> tuple:
     return resolver.outputs["examples"], [resolver]
 
 
-def _latest_blessed_model_resolver(config: PipelineConfig, import_schema_gen, transform) -> Resolver:
+def _latest_blessed_model(config: PipelineConfig, import_schema_gen, transform):
     """The Trainer's base model and the Evaluator's baseline: the latest blessed model.
 
-    With `reuse_unchanged_runs`, Conveyor's WarmStartModelStrategy, which also sees this run's
-    Trainer inputs, so that an unchanged re-run resolves what the run it repeats resolved and the
-    Trainer, Evaluator and pusher are served from cache; otherwise TFX's LatestBlessedModelStrategy.
+    Locally, a resolver with Conveyor's WarmStartModelStrategy, which also sees this run's Trainer
+    inputs, so that an unchanged re-run resolves what the run it repeats resolved and the Trainer,
+    Evaluator and pusher are served from cache. On the cluster, the artifact-store record
+    (components.cluster_state.LatestBlessedModel).
     """
-    models = {
-        "model": Channel(type=standard_artifacts.Model),
-        "model_blessing": Channel(type=standard_artifacts.ModelBlessing),
-    }
-    if not config.reuse_unchanged_runs:
-        return Resolver(strategy_class=LatestBlessedModelStrategy, **models).with_id("latest_blessed_model_resolver")
+    if not config.resolve_from_metadata:
+        return LatestBlessedModel(state_dir=_state_dir(config)).with_id("latest_blessed_model")
     return Resolver(
         strategy_class=WarmStartModelStrategy,
         # Flat values: TFX types a resolver's config per key and cannot hold a nested mixed dict.
@@ -196,20 +193,43 @@ def _latest_blessed_model_resolver(config: PipelineConfig, import_schema_gen, tr
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=import_schema_gen.outputs["schema"],
-        **models,
+        model=Channel(type=standard_artifacts.Model),
+        model_blessing=Channel(type=standard_artifacts.ModelBlessing),
     ).with_id("latest_blessed_model_resolver")
 
 
+def _state_dir(config: PipelineConfig) -> str:
+    return state_dir(config.output.pipeline_root, config.name)
+
+
+def _previous_statistics(config: PipelineConfig, statistics_gen):
+    """The previous run's statistics, for the data gate's drift check: locally a resolver that runs
+    before this run's StatisticsGen (so the latest statistics are the previous run's); on the
+    cluster the artifact-store record, read and replaced after this run's StatisticsGen."""
+    if not config.resolve_from_metadata:
+        return PreviousStatistics(statistics=statistics_gen.outputs["statistics"], state_dir=_state_dir(config))
+    resolver = Resolver(
+        strategy_class=LatestArtifactStrategy,
+        statistics=Channel(
+            type=standard_artifacts.ExampleStatistics,
+            producer_component_id="StatisticsGen",
+            output_key="statistics",
+        ),
+    ).with_id("previous_statistics_resolver")
+    return resolver
+
+
 def _model_nodes(config: PipelineConfig, example_gen, import_schema_gen, transform) -> list:
-    """The latest-blessed-model resolver, Trainer, Evaluator and SafePusher."""
+    """The latest blessed model, Trainer, Evaluator and SafePusher (and on the cluster, the record of a
+    newly blessed model)."""
     component_config = config.component_config()
-    latest_blessed_model_resolver = _latest_blessed_model_resolver(config, import_schema_gen, transform)
+    latest_blessed = _latest_blessed_model(config, import_schema_gen, transform)
     trainer = Trainer(
         run_fn=RUN_FN,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=import_schema_gen.outputs["schema"],
-        base_model=latest_blessed_model_resolver.outputs["model"],
+        base_model=latest_blessed.outputs["model"],
         train_args=trainer_pb2.TrainArgs(num_steps=config.training.train_steps),
         eval_args=trainer_pb2.EvalArgs(num_steps=config.training.eval_steps),
         custom_config=component_config,
@@ -217,7 +237,7 @@ def _model_nodes(config: PipelineConfig, example_gen, import_schema_gen, transfo
     evaluator = Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
-        baseline_model=latest_blessed_model_resolver.outputs["model"],
+        baseline_model=latest_blessed.outputs["model"],
         eval_config=eval_config(config.label, config.evaluation, config.task, config.classes),
     )
     pusher = SafePusher(
@@ -228,7 +248,17 @@ def _model_nodes(config: PipelineConfig, example_gen, import_schema_gen, transfo
         serving_model_dir=config.serving_model_dir,
         keep_versions=config.keep_versions,
     )
-    return [latest_blessed_model_resolver, trainer, evaluator, pusher]
+    nodes = [latest_blessed, trainer, evaluator, pusher]
+    if not config.resolve_from_metadata:
+        nodes.append(
+            RecordBlessedModel(
+                model=trainer.outputs["model"],
+                model_blessing=evaluator.outputs["blessing"],
+                pushed_model=pusher.outputs["pushed_model"],
+                state_dir=_state_dir(config),
+            )
+        )
+    return nodes
 
 
 def create_pipeline(config: PipelineConfig, data_stages_only: bool = False) -> Pipeline:
@@ -243,16 +273,8 @@ def create_pipeline(config: PipelineConfig, data_stages_only: bool = False) -> P
       The TFX pipeline: ExampleGen through a push of blessed models only.
     """
     example_gen = _example_gen(config)
-    # Runs before this run's StatisticsGen, so it resolves the previous run's statistics (drift).
-    previous_statistics_resolver = Resolver(
-        strategy_class=LatestArtifactStrategy,
-        statistics=Channel(
-            type=standard_artifacts.ExampleStatistics,
-            producer_component_id="StatisticsGen",
-            output_key="statistics",
-        ),
-    ).with_id("previous_statistics_resolver")
     statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
+    previous_statistics = _previous_statistics(config, statistics_gen)
     schema_gen = SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
     import_schema_gen = ImportSchemaGen(schema_file=config.schema_path)
     example_validator = ExampleValidator(
@@ -263,7 +285,9 @@ def create_pipeline(config: PipelineConfig, data_stages_only: bool = False) -> P
         anomalies=example_validator.outputs["anomalies"],
         statistics=statistics_gen.outputs["statistics"],
         schema=import_schema_gen.outputs["schema"],
-        previous_statistics=previous_statistics_resolver.outputs["statistics"],
+        previous_statistics=previous_statistics.outputs[
+            "statistics" if config.resolve_from_metadata else "previous_statistics"
+        ],
         **({"serving_statistics": serving_statistics} if serving_statistics is not None else {}),
         **({"serving_request_logs": config.serving_request_logs} if config.serving_request_logs else {}),
     )
@@ -291,8 +315,9 @@ def create_pipeline(config: PipelineConfig, data_stages_only: bool = False) -> P
         components=[
             example_gen,
             *serving_nodes,
-            previous_statistics_resolver,
+            *([previous_statistics] if config.resolve_from_metadata else []),
             statistics_gen,
+            *([] if config.resolve_from_metadata else [previous_statistics]),
             schema_gen,
             import_schema_gen,
             example_validator,

@@ -18,7 +18,6 @@ GOLDEN = Path(__file__).resolve().parents[1] / "testdata" / "kubeflow" / "taxi_p
 IMAGE = "registry.example/conveyor:test"
 BEAM_ARGS = ("--runner=SparkRunner", "--spark_master_url=spark://spark-master:7077", "--environment_type=LOOPBACK")
 BEAM_COMPONENTS = ("CsvExampleGen", "StatisticsGen", "SchemaGen", "ExampleValidator", "Transform", "Evaluator")
-RESOLVER = "latest_blessed_model_resolver"
 
 
 @pytest.fixture(scope="module")
@@ -55,24 +54,54 @@ def test_kfp_sdk_loads_the_pipeline(compiled):
     assert set(loaded.pipeline_spec.root.dag.tasks) >= {"Trainer", "Evaluator", "SafePusher"}
 
 
-def _task_node(task: str) -> str:
-    return RESOLVER if task.startswith(RESOLVER) else task
+# Where the cluster pipeline differs from the local one, by design (components.cluster_state): the
+# local resolvers become container components reading records in the artifact store.
+CLUSTER_NODES = {
+    "latest_blessed_model_resolver": "latest_blessed_model",
+    "previous_statistics_resolver": "PreviousStatistics",
+}
 
 
-def test_every_component_with_the_same_dependencies_as_the_local_pipeline(compiled):
+def test_every_component_with_the_same_dependencies_as_the_local_pipeline_but_the_resolvers(compiled):
     local, _, _, spec = compiled
     local_pipeline = create_pipeline(local)
-    expected = {n.id: {u.id for u in n.upstream_nodes} for n in local_pipeline.components}
+    expected = {
+        CLUSTER_NODES.get(n.id, n.id): {CLUSTER_NODES.get(u.id, u.id) for u in n.upstream_nodes}
+        for n in local_pipeline.components
+    }
+    actual = {name: set(task.get("dependentTasks", [])) for name, task in spec["root"]["dag"]["tasks"].items()}
+    # Locally the warm-start resolver reads this run's Trainer inputs (components.warm_start) and the
+    # statistics resolver runs before StatisticsGen; on the cluster the blessed-model record needs no
+    # input, previous statistics are read (and this run's recorded) after StatisticsGen, and the
+    # record of a newly blessed model follows the push.
+    assert expected.pop("latest_blessed_model") == {"Transform", "ImportSchemaGen"}
+    assert expected.pop("PreviousStatistics") == set()
+    assert actual.pop("latest_blessed_model") == set()
+    assert actual.pop("PreviousStatistics") == {"StatisticsGen"}
+    assert actual.pop("RecordBlessedModel") == {"Trainer", "Evaluator", "SafePusher"}
+    assert actual == expected
+
+
+def test_only_container_executors_running_the_conveyor_entrypoint(compiled):
+    _, _, _, spec = compiled
+    from kubeflow import open_source_kfp
+
+    assert open_source_kfp.check(spec) == []
+    for label, executor in spec["deploymentSpec"]["executors"].items():
+        assert list(executor) == ["container"], label
+        container = executor["container"]
+        assert container["command"] == ["python", "-m", "kubeflow.entrypoint"]
+        assert "lifecycle" not in container, "preCacheCheck is a Vertex AI hook; the entrypoint resolves the span"
+        assert "--json_serialized_outputs_spec_args" in container["args"]
+    example_gen = spec["deploymentSpec"]["executors"]["CsvExampleGen_executor"]["container"]["args"]
+    assert "--resolve_span" in example_gen
+
+
+def test_tasks_that_read_files_or_records_are_never_served_from_kfps_cache(compiled):
+    _, _, _, spec = compiled
     tasks = spec["root"]["dag"]["tasks"]
-    actual: dict[str, set] = {}
-    for name, task in tasks.items():
-        actual.setdefault(_task_node(name), set()).update(_task_node(t) for t in task.get("dependentTasks", []))
-    actual[RESOLVER] -= {RESOLVER}
-    # The one difference, by design: locally the warm-start resolver also reads this run's Trainer
-    # inputs (components.warm_start), which KubeflowV2DagRunner cannot compile; on the cluster it
-    # is TFX's stock LatestBlessedModelStrategy, which needs no upstream node.
-    assert expected[RESOLVER] == {"Transform", "ImportSchemaGen"}
-    assert actual == {**expected, RESOLVER: set()}
+    uncached = {n for n, t in tasks.items() if not t["cachingOptions"].get("enableCache")}
+    assert uncached == {"CsvExampleGen", "latest_blessed_model", "PreviousStatistics", "RecordBlessedModel"}
 
 
 def test_every_executor_runs_the_configured_image(compiled):
@@ -98,19 +127,15 @@ def test_user_code_is_referenced_by_dotted_paths_into_components(compiled):
     assert param("SafePusher", "serving_model_dir") == "/serving/taxi"
 
 
-def test_warm_start_resolver_feeds_trainer_and_evaluator(compiled):
+def test_latest_blessed_model_feeds_trainer_and_evaluator(compiled):
     _, _, _, spec = compiled
-    executors = spec["deploymentSpec"]["executors"]
-    model_query = executors[f"{RESOLVER}-model-resolver_executor"]["resolver"]["outputArtifactQueries"]["model"]
-    assert 'schema_title="tfx.Model"' in model_query["filter"]
-    blessing = executors[f"{RESOLVER}-model-blessing-resolver_executor"]["resolver"]["outputArtifactQueries"]
-    assert "blessed" in yaml.safe_dump(blessing)
     tasks = spec["root"]["dag"]["tasks"]
-    assert tasks["Trainer"]["inputs"]["artifacts"]["base_model"]["taskOutputArtifact"]["producerTask"].startswith(
-        RESOLVER
-    )
+    producer = tasks["Trainer"]["inputs"]["artifacts"]["base_model"]["taskOutputArtifact"]["producerTask"]
+    assert producer == "latest_blessed_model"
     baseline = tasks["Evaluator"]["inputs"]["artifacts"]["baseline_model"]["taskOutputArtifact"]["producerTask"]
-    assert baseline.startswith(RESOLVER)
+    assert baseline == "latest_blessed_model"
+    state = tasks["latest_blessed_model"]["inputs"]["parameters"]["state_dir"]["runtimeValue"]["constant"]
+    assert state == "gs://bucket/root/_conveyor_state/taxi"
 
 
 def test_data_gate_runs_before_transform_and_reads_the_validator(compiled):
@@ -120,9 +145,7 @@ def test_data_gate_runs_before_transform_and_reads_the_validator(compiled):
     assert "DataGate" in tasks["Transform"]["dependentTasks"]
     gate_inputs = tasks["DataGate"]["inputs"]["artifacts"]
     assert gate_inputs["anomalies"]["taskOutputArtifact"]["producerTask"] == "ExampleValidator"
-    assert gate_inputs["previous_statistics"]["taskOutputArtifact"]["producerTask"].startswith(
-        "previous_statistics_resolver"
-    )
+    assert gate_inputs["previous_statistics"]["taskOutputArtifact"]["producerTask"] == "PreviousStatistics"
     gate = spec["deploymentSpec"]["executors"]["DataGate_executor"]["container"]["args"]
     assert gate[gate.index("--executor_class_path") + 1] == "components.data_gate.component.DataGate_Executor"
 

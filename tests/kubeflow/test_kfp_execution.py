@@ -1,0 +1,98 @@
+"""The compiled pipeline executed as open-source Kubeflow Pipelines executes it (tests/kubeflow/kfp_harness.py):
+two runs of one compiled file over two spans, the second warm-started from and compared with the first."""
+
+import json
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+
+from components.cluster_state import LATEST_BLESSED_MODEL, LATEST_STATISTICS, read_record, state_dir
+from components.pusher.publish import TRAINING_RECORD, list_versions
+from kubeflow.kubeflow_runner import cluster_config, compile_pipeline
+from pipeline.config import EvaluationConfig, KubeflowConfig, ThresholdConfig, TrainingConfig, load_config
+from registry.record import metrics_by_slice
+from tests.conftest import SMALL_FEATURES, TAXI_CONFIG, write_csv
+from tests.kubeflow import kfp_harness
+from tests.test_continuous_training import _span_sample
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """One compiled file, executed on span 1, then again after span 2 arrived."""
+    data = tmp_path_factory.mktemp("cluster_data")
+    write_csv(data / "span-1" / "data.csv", *_span_sample(1, 200))
+    root = tmp_path_factory.mktemp("cluster_root")
+    local = load_config(TAXI_CONFIG, output_dir=tmp_path_factory.mktemp("unused_local"), data_root=data)
+    local = local.replace(
+        training=TrainingConfig(train_steps=20, eval_steps=3),
+        evaluation=EvaluationConfig(
+            metrics=("AUC", "ExampleCount"), thresholds=(ThresholdConfig("AUC", lower_bound=0.2, max_change=0.5),)
+        ),
+        features=SMALL_FEATURES,
+    )
+    config = cluster_config(
+        local,
+        KubeflowConfig(
+            pipeline_root=str(root / "pipeline_root"),
+            data_root=str(data),
+            serving_root=str(root / "serving"),
+            image="conveyor:test",
+            beam_args=("--direct_num_workers=1",),
+        ),
+    )
+    spec = compile_pipeline(config, root / "pipeline.yaml")
+    first = kfp_harness.execute(spec, f"{config.output.pipeline_root}/run-1")
+    versions_first = list_versions(config.serving_model_dir)
+    # The same trips in another order: a new span the data gate's drift check (now against run 1's
+    # statistics) passes; 200 trips of the real span 2 drift on `company` beyond the schema's 0.2.
+    header, rows = _span_sample(1, 200)
+    write_csv(data / "span-2" / "data.csv", header, rows[::-1])
+    second = kfp_harness.execute(spec, f"{config.output.pipeline_root}/run-2")
+    return config, first, versions_first, second, list_versions(config.serving_model_dir)
+
+
+def _one(outputs, task, key):
+    (artifact,) = outputs[task][key]
+    return artifact
+
+
+def _training_record(outputs) -> dict:
+    model = _one(outputs, "Trainer", "model")
+    return json.loads((Path(model["uri"]) / "Format-Serving" / TRAINING_RECORD).read_text())
+
+
+def test_first_run_ingests_the_newest_span_trains_cold_and_pushes_a_loadable_model(cluster):
+    config, first, versions, _, _ = cluster
+    assert _one(first, "CsvExampleGen", "examples")["metadata"]["span"] == 1
+    assert _one(first, "latest_blessed_model", "model")["metadata"]["conveyor_placeholder"] == 1
+    assert _training_record(first)["warm_start"]["base_model"] is None
+    assert _one(first, "SafePusher", "pushed_model")["metadata"]["pushed"] == 1
+    assert len(versions) == 1
+    loaded = tf.saved_model.load(str(Path(config.serving_model_dir) / str(versions[0])))
+    assert "serving_default" in loaded.signatures
+
+
+def test_second_run_takes_the_new_span_warm_starts_from_the_first_model_and_compares_with_it(cluster):
+    config, first, _, second, versions = cluster
+    assert _one(second, "CsvExampleGen", "examples")["metadata"]["span"] == 2
+    base = _one(second, "latest_blessed_model", "model")
+    assert base["metadata"]["blessed_model_uri"] == _one(first, "Trainer", "model")["uri"]
+    start = _training_record(second)["warm_start"]
+    assert start["base_model"] and start["loaded_layers"], start
+    metrics = metrics_by_slice(_one(second, "Evaluator", "evaluation")["uri"])
+    assert all("baseline" in m for m in metrics["Overall"].values()), metrics["Overall"]
+    assert len(versions) == 2
+
+
+def test_drift_is_checked_against_the_previous_runs_statistics(cluster):
+    config, first, _, second, _ = cluster
+    assert "conveyor_placeholder" in _one(first, "PreviousStatistics", "previous_statistics")["metadata"]
+    previous = _one(second, "PreviousStatistics", "previous_statistics")
+    assert previous["metadata"]["recorded_uri"] == _one(first, "StatisticsGen", "statistics")["uri"]
+    assert tf.io.gfile.glob(f"{previous['uri']}/Split-train/FeatureStats.pb")
+    records = state_dir(config.output.pipeline_root, config.name)
+    assert read_record(records, LATEST_STATISTICS)["uri"] == _one(second, "StatisticsGen", "statistics")["uri"]
+    assert read_record(records, LATEST_BLESSED_MODEL)["model_uri"] == _one(second, "Trainer", "model")["uri"]
