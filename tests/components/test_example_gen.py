@@ -2,10 +2,15 @@
 bundled taxi trips and awkward CSVs, compared example by example per split; where TFX cannot read
 a file, both fail the same way; multi-processing and in-memory Beam give the same record counts."""
 
+import bisect
 import collections
+import hashlib
 import os
+import random
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
 import tensorflow as tf
 import tensorflow_data_validation as tfdv
@@ -17,8 +22,10 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
 from tfx.utils import proto_utils
 
+from components import example_gen_csv, example_gen_encode
 from components.example_gen import Executor
 from components.examples import record_compression
+from pipeline.runner import local_beam_args
 from tests.conftest import sample_taxi_rows, write_csv
 
 LONG = "y" * 100_000  # under Python csv's 131,072-character field limit, which TFX's reader has
@@ -36,7 +43,14 @@ class SomeRanges(Executor):
     chunk_bytes = 20_000
 
 
-def _run(executor_class, input_base: Path, out: Path, input_config=None, beam_args=()):
+def _context(out: Path, mode: str) -> base_beam_executor.BaseBeamExecutor.Context:
+    """The Beam arguments of a local run (this project's setup.py, so TFX builds no sdist of itself)."""
+    workers = 2 if mode == "multi_processing" else 1
+    args = local_beam_args((f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"))
+    return base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=list(args), tmp_dir=str(out) + "-tmp")
+
+
+def _run(executor_class, input_base: Path, out: Path, input_config=None, mode="in_memory"):
     """Runs one ExampleGen executor's Do as TFX runs it; returns its examples artifact."""
     input_config = input_config or example_gen_pb2.Input(
         splits=[example_gen_pb2.Input.Split(name="single_split", pattern="*")]
@@ -54,8 +68,7 @@ def _run(executor_class, input_base: Path, out: Path, input_config=None, beam_ar
         standard_component_specs.OUTPUT_CONFIG_KEY: proto_utils.proto_to_json(output_config),
         standard_component_specs.OUTPUT_DATA_FORMAT_KEY: example_gen_pb2.FORMAT_TF_EXAMPLE,
     }
-    context = base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=list(beam_args), tmp_dir=str(out) + "-tmp")
-    executor_class(context).Do({}, {standard_component_specs.EXAMPLES_KEY: [examples]}, exec_properties)
+    executor_class(_context(out, mode)).Do({}, {standard_component_specs.EXAMPLES_KEY: [examples]}, exec_properties)
     return examples
 
 
@@ -64,7 +77,7 @@ def _records(examples) -> dict[str, list[bytes]]:
     out = {}
     for split in artifact_utils.decode_split_names(examples.split_names):
         uri = artifact_utils.get_split_uri([examples], split)
-        files = sorted(str(p) for p in Path(uri).iterdir() if not p.name.startswith("."))
+        files = sorted(str(p) for p in Path(uri).iterdir())
         dataset = tf.data.TFRecordDataset(files, compression_type=record_compression(files)).batch(4096)
         out[split] = [r for batch in dataset for r in batch.numpy()]
     return out
@@ -119,6 +132,73 @@ def test_taxi_matches_stock_example_by_example_and_split_by_split(taxi):
     first = _features(records["train"][0])
     assert first["fare"][0] == "float_list" and first["trip_start_hour"][0] == "int64_list"
     assert first["payment_type"][0] == "bytes_list"
+
+
+def _spelling(rng: random.Random) -> str:
+    digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 20)))
+    return rng.choice(
+        [
+            digits,
+            "-" + digits,
+            digits[:9] + "." + digits[9:],
+            "." + digits,
+            digits[:3] + rng.choice("eE") + rng.choice(["", "+", "-"]) + digits[-2:],
+            rng.choice(["nan", "-inf", " 12", "+5", "1_000", "0x1F", "12 ", "abc", "1e400", "\u0663", "-", "--1"]),
+        ]
+    )
+
+
+def test_types_and_values_are_tfx_bsls_on_every_spelling():
+    """Each cell alone and columns of them, against tfx_bsl's `_InferValueType` and Python's
+    `int`/`float` (as float32, what a FloatList keeps)."""
+    rng = random.Random(5)
+    cells = [_spelling(rng) for _ in range(3000)]
+    infer = stock_executor.csv_decoder._InferValueType  # noqa: SLF001
+    for cell in cells[:150]:
+        assert example_gen_csv.column_type(pa.array([cell, ""])) == int(infer(cell.encode())), cell
+    for kind, convert in ((example_gen_encode.INT, int), (example_gen_encode.FLOAT, float)):
+        column = [c for c in cells if int(infer(c.encode())) <= kind]
+        assert example_gen_csv.column_type(pa.array(column)) == kind
+        for subset in (column, [c for c in column if c.strip("-").isdigit() or "." in c]):
+            values, present = example_gen_csv.typed_values(pa.array(subset), kind)
+            expected = np.array([convert(c.encode()) for c in subset])
+            if kind == example_gen_encode.FLOAT:
+                values, expected = values.astype(np.float32), expected.astype(np.float32)
+            np.testing.assert_array_equal(values, expected)
+            assert present.all()
+
+
+def test_encoded_examples_are_protobufs_deterministic_bytes_and_split_as_tfx_splits():
+    rng = random.Random(3)
+    n = 500
+    ints = [rng.choice([0, -1, 127, 128, 2**63 - 1, -(2**63), rng.randint(-(10**12), 10**12)]) for _ in range(n)]
+    floats = [rng.choice([0.1, -3.5, 1e39, float("inf"), rng.random()]) for _ in range(n)]
+    short = [rng.choice(["", "x", "Credit Card", "\u00e9"]) for _ in range(n)]
+    wide = [rng.choice(["", "z" * 300]) for _ in range(n)]
+    present = [rng.random() < 0.8 for _ in range(n)]
+    features = {
+        "i": (example_gen_encode.INT, np.array(ints), np.array(present)),
+        "f": (example_gen_encode.FLOAT, np.array(floats), ~np.array(present)),
+        "s": (example_gen_encode.STRING, pa.array(short), np.array([bool(v) for v in short])),
+        "w": (example_gen_encode.STRING, pa.array(wide), np.array([bool(v) for v in wide])),
+        "u": (example_gen_encode.UNKNOWN, None, np.zeros(n, bool)),
+        "k" * 200: (example_gen_encode.INT, np.array(ints), np.array(present)),
+    }
+    encoded = example_gen_encode.examples_bytes(features)
+    for i in range(n):
+        feature = {
+            "i": tf.train.Feature(int64_list=tf.train.Int64List(value=[ints[i]] if present[i] else [])),
+            "k" * 200: tf.train.Feature(int64_list=tf.train.Int64List(value=[ints[i]] if present[i] else [])),
+            "f": tf.train.Feature(float_list=tf.train.FloatList(value=[] if present[i] else [floats[i]])),
+            "s": tf.train.Feature(bytes_list=tf.train.BytesList(value=[short[i].encode()] if short[i] else [])),
+            "w": tf.train.Feature(bytes_list=tf.train.BytesList(value=[wide[i].encode()] if wide[i] else [])),
+            "u": tf.train.Feature(),
+        }
+        example = tf.train.Example(features=tf.train.Features(feature=feature))
+        assert encoded[i] == example.SerializeToString(deterministic=True)
+    for buckets in ([2, 3], [7, 9, 100_000]):
+        expected = [bisect.bisect(buckets, int(hashlib.sha256(e).hexdigest(), 16) % buckets[-1]) for e in encoded]
+        assert example_gen_encode.split_indices(encoded, buckets).tolist() == expected
 
 
 def _write_bytes(path: Path, data: bytes) -> Path:
@@ -210,11 +290,11 @@ def test_what_stock_cannot_read_fails_here_too(tmp_path, data, message):
         _run(SmallRanges, tmp_path / "in", tmp_path / "ours")
 
 
-def _statistics_counts(examples, out: Path, beam_args) -> dict[str, int]:
+def _statistics_counts(examples, out: Path, mode: str) -> dict[str, int]:
+    """TFX's StatisticsGen over the examples: the number of examples it saw per split."""
     statistics = standard_artifacts.ExampleStatistics()
     statistics.uri = str(out)
-    context = base_beam_executor.BaseBeamExecutor.Context(beam_pipeline_args=list(beam_args), tmp_dir=str(out) + "-tmp")
-    statistics_executor.Executor(context).Do(
+    statistics_executor.Executor(_context(out, mode)).Do(
         {standard_component_specs.EXAMPLES_KEY: [examples]},
         {standard_component_specs.STATISTICS_KEY: [statistics]},
         {standard_component_specs.EXCLUDE_SPLITS_KEY: "[]"},
@@ -227,20 +307,14 @@ def _statistics_counts(examples, out: Path, beam_args) -> dict[str, int]:
 
 
 def test_multi_processing_and_in_memory_runs_count_the_same_records(taxi, tmp_path):
-    """tensorflow/data-validation#247: records silently dropped in multi-processing mode. Here
-    ExampleGen (in a dozen ranges, so both workers get some) and StatisticsGen run once
-    in-memory and once with two worker processes."""
-    root, _, _ = taxi
-    counts = {}
-    for mode in ("in_memory", "multi_processing"):
-        args = [f"--direct_running_mode={mode}", "--direct_num_workers=2"]
-        examples = _run(SomeRanges, root / "data", tmp_path / mode / "examples", beam_args=args)
-        records = _records(examples)
-        counts[mode] = (
-            {s: len(r) for s, r in records.items()},
-            _statistics_counts(examples, tmp_path / mode / "statistics", args),
-            _canonical(records),
-        )
-    assert counts["in_memory"] == counts["multi_processing"]
-    assert counts["in_memory"][0] == counts["in_memory"][1]
-    assert sum(counts["in_memory"][0].values()) == 2000
+    """tensorflow/data-validation#247: records silently dropped in multi-processing mode. The
+    taxi fixture's in-memory ExampleGen against one with two worker processes and a dozen
+    ranges (so both workers get some), then TFX's StatisticsGen over each in its own mode."""
+    root, in_memory, in_memory_records = taxi
+    examples = _run(SomeRanges, root / "data", tmp_path / "examples", mode="multi_processing")
+    records = _records(examples)
+    assert _canonical(records) == _canonical(in_memory_records)
+    counts = {s: len(r) for s, r in records.items()}
+    assert sum(counts.values()) == 2000
+    assert _statistics_counts(examples, tmp_path / "multi", "multi_processing") == counts
+    assert _statistics_counts(in_memory, tmp_path / "in_memory", "in_memory") == counts
