@@ -1,6 +1,6 @@
 """Latency and throughput of `conveyor serve` against calling the pushed SavedModel in process.
 
-Usage: python benchmarks/serving.py [--output-dir output] [--seconds 10] [--max-requests 2000]
+Usage: python benchmarks/serving.py [--output-dir output] [--seconds 10] [--max-requests 2000] [--rounds 3]
 
 Over the newest pushed model (<output-dir>/serving_model/<model>/<highest version>/), at batch 1 and 64,
 sequential requests: (a) in process, `serving_default` called on serialized tf.Examples; (b) through
@@ -9,10 +9,12 @@ with b64 tf.Examples in the row form; (c) the same with plain JSON feature value
 into tf.Examples. Each row runs after a warm-up until --seconds pass or --max-requests are made. Request
 bodies are encoded once beforehand; response JSON is decoded in every request.
 
-Then, at batch 1, concurrent clients (1, 8, 32; threads of a separate client process, each with its own
-keep-alive connection or gRPC channel): p50, p99 and throughput for REST and gRPC against the same number of threads
-calling `serving_default` in process; server-side batching on against off at 32 clients; and the request
-log at rate 1.0 against no log.
+Then, at batch 1, concurrent clients (1, 8, 32; threads spread over up to 4 client processes, so that one
+process's interpreter lock does not cap the load; each client has its own keep-alive connection or gRPC
+channel): p50, p99 and throughput for REST and gRPC against the same number of threads calling
+`serving_default` in process; server-side batching on against off at 32 clients (with how full the batches
+were); and the request log at rate 1.0 against no log, on and off alternating. Each is measured --rounds
+times, interleaved, and given as the median and range of the rounds.
 
 Last, the first request after a new version appears against the steady p50, with the version's warmup file
 (assets.extra/tf_serving_warmup_requests, replayed before the version is available) and without it.
@@ -104,13 +106,26 @@ def _http_call(connection: http.client.HTTPConnection, path: str, body: bytes) -
 CLIENTS = (1, 8, 32)
 # Batching for the comparison at 32 clients: batches of up to 32 rows, formed within 2 ms.
 BATCHING = {"max_batch_size": 32, "batch_timeout_micros": 2000, "num_batch_threads": 2, "max_enqueued_batches": 100}
+# Load generators: up to this many client processes share the clients, so that one Python process's
+# interpreter lock does not cap the load the server sees.
+CLIENT_PROCESSES = 4
 
 
-def _load(make_call: Callable[[int], Callable[[], None]], clients: int, seconds: float) -> dict:
-    """`clients` threads each calling their own `make_call(i)()` back to back for `seconds` after a warm-up:
-    p50 and p99 latency in ms and requests per second over all of them."""
+def _summary(latencies: list[float], elapsed: float) -> dict:
     import numpy as np
 
+    flat = np.array(latencies)
+    return {
+        "requests": len(flat),
+        "p50": float(np.percentile(flat, 50)) * 1000,
+        "p99": float(np.percentile(flat, 99)) * 1000,
+        "rps": len(flat) / elapsed,
+    }
+
+
+def _load(make_call: Callable[[int], Callable[[], None]], clients: int, seconds: float, start_at: float = 0.0):
+    """`clients` threads each calling their own `make_call(i)()` back to back for `seconds` after a warm-up,
+    from wall-clock time `start_at` (or at once): every latency in seconds, and the seconds the run took."""
     calls = [make_call(i) for i in range(clients)]
     for call in calls:
         for _ in range(5):
@@ -129,19 +144,13 @@ def _load(make_call: Callable[[int], Callable[[], None]], clients: int, seconds:
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()
+    time.sleep(max(0.0, start_at - time.time()))
     deadline[0] = time.perf_counter() + seconds
     began = time.perf_counter()
     start.wait()
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - began
-    flat = np.array([x for row in latencies for x in row])
-    return {
-        "requests": len(flat),
-        "p50": float(np.percentile(flat, 50)) * 1000,
-        "p99": float(np.percentile(flat, 99)) * 1000,
-        "rps": len(flat) / elapsed,
-    }
+    return [x for row in latencies for x in row], time.perf_counter() - began
 
 
 def _rest_client(port: int, path: str, body: bytes) -> Callable[[int], Callable[[], None]]:
@@ -166,20 +175,69 @@ def _grpc_client(address: str, request: bytes) -> Callable[[int], Callable[[], N
 
 
 def _client_process(connection) -> None:
-    """The load generator, in a process of its own as real clients are: it never competes with the server
-    for the interpreter lock. Takes (protocol, address, path, payload, clients, seconds), answers _load's dict."""
+    """A load generator, in a process of its own as real clients are. Takes (protocol, address, path,
+    payload, clients, seconds, start_at); answers (latencies, elapsed)."""
     while (job := connection.recv()) is not None:
-        protocol, address, path, payload, clients, seconds = job
+        protocol, address, path, payload, clients, seconds, start_at = job
         if protocol == "REST":
             make = _rest_client(int(address.rsplit(":", 1)[1]), path, payload)
         else:
             make = _grpc_client(address, payload)
-        connection.send(_load(make, clients, seconds))
+        connection.send(_load(make, clients, seconds, start_at))
 
 
-def concurrent_load(serving_root: Path, model: str, version: int, example: bytes, signature, seconds: float) -> list:
+class _Clients:
+    """CLIENT_PROCESSES client processes; a run spreads its clients over them and merges what they measured."""
+
+    def __init__(self):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.pipes, self.processes = [], []
+        for _ in range(CLIENT_PROCESSES):
+            ours, theirs = context.Pipe()
+            process = context.Process(target=_client_process, args=(theirs,), daemon=True)
+            process.start()
+            self.pipes.append(ours)
+            self.processes.append(process)
+
+    def run(self, protocol: str, target: tuple, clients: int, seconds: float) -> dict:
+        used = self.pipes[: min(clients, len(self.pipes))]
+        shares = [clients // len(used) + (i < clients % len(used)) for i in range(len(used))]
+        start_at = time.time() + 2.0  # every process has made its connections and warmed up by then
+        for pipe, share in zip(used, shares, strict=True):
+            pipe.send((protocol, *target, share, seconds, start_at))
+        answers = [pipe.recv() for pipe in used]
+        return _summary([x for latencies, _ in answers for x in latencies], max(e for _, e in answers))
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            pipe.send(None)
+        for process in self.processes:
+            process.join(30)
+
+
+def _spread(rows: list[dict], key: str) -> str:
+    """The median of the rounds, and their range."""
+    import numpy as np
+
+    values = [r[key] for r in rows]
+    fmt = "{:.2f}" if key != "rps" else "{:,.0f}"
+    return f"{fmt.format(float(np.median(values)))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def _median(rows: list[dict], key: str) -> float:
+    import numpy as np
+
+    return float(np.median([r[key] for r in rows]))
+
+
+def concurrent_load(
+    serving_root: Path, model: str, version: int, example: bytes, signature, seconds: float, rounds: int
+) -> list:
     """Batch-1 latency and throughput at 1, 8 and 32 clients: in process, REST and gRPC; then batching and the
-    request log, each against the same server without them."""
+    request log, each against the same server without them. Every measurement is repeated `rounds` times,
+    the settings compared interleaved round by round, so that a slow spell of the shared machine hits both."""
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
@@ -199,22 +257,16 @@ def concurrent_load(serving_root: Path, model: str, version: int, example: bytes
         return lambda: {k: v.numpy() for k, v in signature(examples=feed).items()}
 
     rows = []
+    clients_processes = _Clients()
 
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")
-    ours, theirs = context.Pipe()
-    clients_process = context.Process(target=_client_process, args=(theirs,), daemon=True)
-    clients_process.start()
-
-    def measure(setting: str, protocol: str, clients: int, target) -> None:
+    def measure(setting: str, protocol: str, clients: int, target, round_: int) -> None:
         if protocol == "in-process":
-            result = _load(target, clients, seconds)
+            result = _summary(*_load(target, clients, seconds))
         else:
-            ours.send((protocol, *target, clients, seconds))
-            result = ours.recv()
-        rows.append({"setting": setting, "protocol": protocol, "clients": clients, **result})
-        print(f"  {setting}, {protocol}, {clients} clients: {result['requests']} requests", file=sys.stderr, flush=True)
+            result = clients_processes.run(protocol, target, clients, seconds)
+        rows.append({"setting": setting, "protocol": protocol, "clients": clients, "round": round_, **result})
+        done = f"  {setting}, {protocol}, {clients} clients, round {round_}: {result['requests']} requests"
+        print(done, file=sys.stderr, flush=True)
 
     def rest(server) -> tuple:
         return (f"127.0.0.1:{server.port}", path, body)
@@ -222,48 +274,68 @@ def concurrent_load(serving_root: Path, model: str, version: int, example: bytes
     def grpc(server) -> tuple:
         return (server.grpc_address, "", request.SerializeToString())
 
-    with ModelServer(serving_root, "127.0.0.1", 0, poll_seconds=60, grpc_port=0) as server:
-        for clients in CLIENTS:
-            measure("plain", "in-process", clients, in_process)
-            measure("plain", "REST", clients, rest(server))
-            measure("plain", "gRPC", clients, grpc(server))
     batching = BatchingParameters(**BATCHING)
-    with ModelServer(serving_root, "127.0.0.1", 0, poll_seconds=60, grpc_port=0, batching=batching) as server:
-        measure("batching", "REST", 32, rest(server))
-        measure("batching", "gRPC", 32, grpc(server))
-    with tempfile.TemporaryDirectory() as logs:
-        with ModelServer(
+    with (
+        tempfile.TemporaryDirectory() as logs,
+        ModelServer(serving_root, "127.0.0.1", 0, poll_seconds=60, grpc_port=0) as plain,
+        ModelServer(serving_root, "127.0.0.1", 0, poll_seconds=60, grpc_port=0, batching=batching) as batched,
+        ModelServer(
             serving_root, "127.0.0.1", 0, poll_seconds=60, grpc_port=0, request_log=RequestLog(logs, 1.0)
-        ) as server:
-            measure("request log 1.0", "REST", 1, rest(server))
-            measure("request log 1.0", "gRPC", 1, grpc(server))
-    ours.send(None)
-    clients_process.join(30)
+        ) as logged,
+    ):
+        for round_ in range(rounds):
+            for clients in CLIENTS:
+                measure("plain", "in-process", clients, in_process, round_)
+                measure("plain", "REST", clients, rest(plain), round_)
+                measure("plain", "gRPC", clients, grpc(plain), round_)
+            for protocol, target in (("REST", rest), ("gRPC", grpc)):
+                measure("batching", protocol, 32, target(batched), round_)
+            # The log's cost is a few percent at most: on and off alternate, twice per round.
+            for _ in range(2):
+                for protocol, target in (("REST", rest), ("gRPC", grpc)):
+                    measure("no log", protocol, 1, target(plain), round_)
+                    measure("request log 1.0", protocol, 1, target(logged), round_)
+        batchers = [batcher for _, batcher in batched.inference._batchers.values()]
+        fill = sum(b.batched_requests for b in batchers) / max(1, sum(b.batches for b in batchers))
+        written = logged.inference.request_log.written
+    clients_processes.close()
 
-    plain = {(r["protocol"], r["clients"]): r for r in rows if r["setting"] == "plain"}
-    print()
-    print("Concurrent clients, batch 1 (b64 tf.Example over REST, a PredictRequest over gRPC):")
+    def group(setting: str, protocol: str, clients: int) -> list[dict]:
+        return [r for r in rows if (r["setting"], r["protocol"], r["clients"]) == (setting, protocol, clients)]
+
     print()
     print(
-        "| setting | protocol | clients | requests | p50 ms | p99 ms | requests/s | p50 - in-process ms "
-        "| req/s vs plain |"
+        f"Concurrent clients, batch 1 (b64 tf.Example over REST, a PredictRequest over gRPC); {rounds} rounds of "
+        f"{seconds:g} s each, median (range); clients spread over {CLIENT_PROCESSES} client processes:"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        base = plain[("in-process", r["clients"])] if ("in-process", r["clients"]) in plain else None
-        same = plain.get((r["protocol"], r["clients"]))
-        delta = f"{r['p50'] - base['p50']:+.2f}" if base and r["protocol"] != "in-process" else ""
-        ratio = f"{r['rps'] / same['rps']:.2f}x" if same and r["setting"] != "plain" else ""
+    print()
+    print("| setting | protocol | clients | requests | p50 ms | p99 ms | requests/s | p50 - in-process ms |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for setting, protocol, clients in dict.fromkeys((r["setting"], r["protocol"], r["clients"]) for r in rows):
+        these = group(setting, protocol, clients)
+        base = group("plain", "in-process", clients)
+        delta = ""
+        if base and protocol != "in-process":
+            deltas = [r["p50"] - b["p50"] for r, b in zip(these, base, strict=True)]
+            delta = _spread([{"d": d} for d in deltas], "d")
         print(
-            f"| {r['setting']} | {r['protocol']} | {r['clients']} | {r['requests']} | {r['p50']:.2f} | "
-            f"{r['p99']:.2f} | {r['rps']:.0f} | {delta} | {ratio} |"
+            f"| {setting} | {protocol} | {clients} | {sum(r['requests'] for r in these)} | {_spread(these, 'p50')} | "
+            f"{_spread(these, 'p99')} | {_spread(these, 'rps')} | {delta} |"
         )
+    print()
     for protocol in ("REST", "gRPC"):
-        logged = next(r for r in rows if r["setting"] == "request log 1.0" and r["protocol"] == protocol)
-        base = plain[(protocol, 1)]
+        pairs = zip(group("batching", protocol, 32), group("plain", protocol, 32), strict=True)
+        ratios = [b["rps"] / p["rps"] for b, p in pairs]
+        print(f"batching at 32 clients, {protocol}: {_spread([{'x': x} for x in ratios], 'x')}x the unbatched req/s")
+    print(f"batching: {fill:.1f} requests per batch on average (max_batch_size {BATCHING['max_batch_size']})")
+    for protocol in ("REST", "gRPC"):
+        on, off = group("request log 1.0", protocol, 1), group("no log", protocol, 1)
         print(
-            f"request log at rate 1.0, {protocol}, 1 client: p50 {logged['p50'] / base['p50'] - 1:+.1%} against no log"
+            f"request log at rate 1.0, {protocol}, 1 client: p50 {_median(on, 'p50'):.3f} ms against "
+            f"{_median(off, 'p50'):.3f} without ({_median(on, 'p50') / _median(off, 'p50') - 1:+.1%}; medians of "
+            f"{len(on)} interleaved runs each)"
         )
+    print(f"request log: {written} records written")
     return rows
 
 
@@ -336,6 +408,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="taxi", help="model name under serving_model/ (default: taxi)")
     parser.add_argument("--seconds", type=float, default=10.0, help="time per (mode, batch) row (default: 10)")
     parser.add_argument("--max-requests", type=int, default=2000, help="requests per row at most (default: 2000)")
+    parser.add_argument("--rounds", type=int, default=3, help="repeats of each concurrent measurement (default: 3)")
     args = parser.parse_args(argv)
 
     from components.pusher.publish import SCHEMA_FILE, list_versions
@@ -411,7 +484,7 @@ def main(argv=None) -> int:
             f"| {r['mode']} | {r['batch']} | {r['requests']} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} | "
             f"{r['rps'] * r['batch']:.0f} | {r['p50'] / base['p50']:.2f}x | {r['rps'] / base['rps']:.2f}x |"
         )
-    concurrent_load(serving_root, args.model, version, serialized[0], signature, args.seconds)
+    concurrent_load(serving_root, args.model, version, serialized[0], signature, args.seconds, args.rounds)
     if (version_dir / "assets.extra" / "tf_serving_warmup_requests").is_file():
         first_request_after_new_version(version_dir, args.model, serialized[0])
     return 0

@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from pipeline.environment import DEFAULT_CONFIG
 from serving.defaults import (
     DEFAULT_GRPC_PORT,
     DEFAULT_HOST,
@@ -83,13 +84,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--request-log-rate",
         type=float,
-        default=0.0,
-        help="share of requests logged as TF Serving PredictionLog records, in (0, 1] (default: 0, no logging)",
+        help="share of requests logged as TF Serving PredictionLog records, in [0, 1] (default: the config's "
+        "serving.request_log_rate, else 0: no logging)",
     )
     parser.add_argument(
         "--request-log-dir",
-        help=f"where request logs go, as <dir>/<model>/*.tfrecord (default: <output-dir>/{REQUEST_LOGS_SUBDIR})",
+        help="where request logs go, as <dir>/<model>/*.tfrecord (default: the config's serving.request_log_dir, "
+        f"else <output-dir>/{REQUEST_LOGS_SUBDIR})",
     )
+    parser.add_argument(
+        "--config",
+        help="dataset config whose serving: section gives defaults for the request-log flags; only that section is "
+        "read, so the data it names need not be here (default: configs/taxi.yaml when present)",
+    )
+
+
+def _request_log_settings(args: argparse.Namespace) -> tuple[float, Path]:
+    """The request log's rate and directory: each flag given, else the config's `serving.` key, else the default.
+
+    Raises:
+      ConfigError: the config named by --config is missing or has a bad `serving.` value (the key is named).
+      ValueError: --request-log-rate is outside [0, 1].
+    """
+    from pipeline.serve_config import ServeConfig, load_serve_config
+
+    if args.config:
+        config = load_serve_config(args.config)
+    else:
+        config = load_serve_config(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else ServeConfig()
+    rate = args.request_log_rate
+    if rate is None:
+        rate = config.request_log_rate if config.request_log_rate is not None else 0.0
+    elif not 0.0 <= rate <= 1.0:
+        raise ValueError(f"--request-log-rate must be between 0 and 1, got {rate}")
+    directory = args.request_log_dir or config.request_log_dir or Path(args.output_dir) / REQUEST_LOGS_SUBDIR
+    return rate, Path(directory)
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -106,15 +135,13 @@ def _options(args: argparse.Namespace) -> dict:
         batching = read_parameters(args.batching_parameters_file)
     elif args.enable_batching:
         batching = BatchingParameters()
-    if not 0.0 <= args.request_log_rate <= 1.0:
-        raise ValueError(f"--request-log-rate must be between 0 and 1, got {args.request_log_rate}")
+    log_rate, log_dir = _request_log_settings(args)
     config_file = args.model_config_file
     if config_file and not Path(config_file).is_file():
         raise ValueError(f"--model-config-file {config_file} does not exist")
     request_log = None
-    if args.request_log_rate > 0:  # last: it starts the log's writer thread
-        root = Path(args.request_log_dir or Path(args.output_dir) / REQUEST_LOGS_SUBDIR)
-        request_log = RequestLog(root, args.request_log_rate)
+    if log_rate > 0:  # last: it starts the log's writer thread
+        request_log = RequestLog(log_dir, log_rate)
     return {
         "grpc_port": None if args.no_grpc else args.grpc_port,
         "model_config_file": config_file,
@@ -174,7 +201,8 @@ def main(args: argparse.Namespace) -> int:
             flush=True,
         )
         if options["request_log"] is not None:
-            print(f"conveyor serve: logging {args.request_log_rate:g} of requests to {options['request_log'].root}")
+            request_log = options["request_log"]
+            print(f"conveyor serve: logging {request_log.rate:g} of requests to {request_log.root}", flush=True)
         server.wait()
     except (KeyboardInterrupt, _Terminated):
         pass

@@ -197,6 +197,7 @@ class PipelineConfig:
     beam_args: tuple[str, ...] = ()
     kubeflow: KubeflowConfig = field(default_factory=KubeflowConfig)
     source: Optional[str] = None
+    predict: Optional[Any] = None  # `predict:`, a pipeline.config_predict.PredictConfig: what BatchPredict scores
     # An orchestrator fact, not a dataset one: how the pipeline finds the latest blessed model and the
     # previous statistics. True: TFX resolvers over ML Metadata (local runs; an unchanged re-run is
     # served wholly from cache). False: records in the artifact store (components.cluster_state), for
@@ -425,6 +426,7 @@ _TOP_KEYS = {
     "beam",
     "kubeflow",
     "metadata",
+    "predict",
 }
 
 
@@ -494,7 +496,8 @@ def parse_config(
         features = _parse_features(raw["features"])
         if label in {f.name for f in features}:
             raise ConfigError("label", f"'{label}' is also listed as a feature")
-        _check_keys(raw["serving"], {"model_name", "keep_versions"}, {"model_name"}, "serving.")
+        _check_keys(raw["serving"], SERVING_KEYS, {"model_name"}, "serving.")
+        _serve_settings(raw["serving"], base)  # `conveyor run` refuses what `conveyor serve` would
         keep_versions = _positive(raw["serving"].get("keep_versions", 5), "serving.keep_versions")
         model_name = _typed(raw["serving"]["model_name"], str, "serving.model_name")
         if not _MODEL_NAME_RE.match(model_name) or ".." in model_name:
@@ -511,6 +514,8 @@ def parse_config(
         unknown = slice_cols - {f.name for f in features}
         if unknown:
             raise ConfigError("evaluation.slices", f"slice column(s) {sorted(unknown)} are not configured features")
+        from pipeline.config_predict import parse_predict
+
         return PipelineConfig(
             name=name,
             data_root=str(root.resolve()),
@@ -536,9 +541,21 @@ def parse_config(
             beam_args=beam_args,
             kubeflow=_parse_kubeflow(raw.get("kubeflow", {}) or {}),
             source=source,
+            predict=parse_predict(raw.get("predict"), base),
         )
     except ConfigError as err:
         raise ConfigError(err.key, err.problem, source) from None
+
+
+SERVING_KEYS = {"model_name", "keep_versions", "request_log_rate", "request_log_dir"}
+
+
+def _serve_settings(raw: Mapping[str, Any], base: Path) -> tuple[Optional[float], Optional[str]]:
+    """`serving.request_log_rate` (in [0, 1]) and `serving.request_log_dir` (relative to `base`); None when absent."""
+    rate, directory = raw.get("request_log_rate"), raw.get("request_log_dir")
+    if rate is not None and not 0.0 <= (rate := _typed(rate, float, "serving.request_log_rate")) <= 1.0:
+        raise ConfigError("serving.request_log_rate", f"must be between 0 and 1, got {rate}")
+    return rate, None if directory is None else str(base / _typed(directory, str, "serving.request_log_dir"))
 
 
 def _request_logs(serving_root: Path, model_name: str) -> Optional[Path]:

@@ -89,8 +89,6 @@ def _type_string(dtype: int) -> str:
 
 
 def _predict_inputs(servable: LoadedVersion, signature_name: str, request: Any) -> dict[str, Any]:
-    import tensorflow as tf
-
     signature = servable.signatures.get(signature_name)
     if signature is None:
         raise invalid(f'Serving signature name: "{signature_name}" not found in signature def')
@@ -110,7 +108,7 @@ def _predict_inputs(servable: LoadedVersion, signature_name: str, request: Any) 
                 f"Expects arg[{index}] to be {_type_string(expected)} but {_type_string(tensor.dtype)} is provided"
             )
         try:
-            values[name] = tf.make_ndarray(tensor)
+            values[name] = protos.ndarray(tensor)
         except (TypeError, ValueError) as err:
             raise invalid(f"input '{name}' is not a valid TensorProto: {err}") from None
     return values

@@ -215,17 +215,51 @@ def test_request_log_samples_at_its_rate_and_refuses_a_rate_outside_0_1(tmp_path
         (["--batching-parameters-file", "{tmp}/missing.txt"], "cannot read batching parameters file"),
         (["--request-log-rate", "1.5"], "--request-log-rate must be between 0 and 1"),
         (["--model-config-file", "{tmp}/none.config"], "--model-config-file"),
+        (["--config", "{tmp}/bad.yaml"], "config key 'serving.request_log_rate': must be between 0 and 1, got 1.5"),
+        (["--config", "{tmp}/none.yaml"], "config file"),
     ],
 )
 def test_serve_refuses_bad_flags_in_one_line(flags, fragment, tmp_path, capsys):
     from cli.main import main
 
+    (tmp_path / "bad.yaml").write_text("serving: {model_name: taxi, request_log_rate: 1.5}\n", encoding="utf-8")
     code = main(["serve", "--output-dir", str(tmp_path), "--port", "0", "--grpc-port", "0"] + [
         flag.format(tmp=tmp_path) for flag in flags
     ])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0]
+
+
+def test_request_log_flags_win_over_the_config_and_the_config_over_the_defaults(tmp_path):
+    from cli.main import build_parser
+    from cli.serve import _request_log_settings
+
+    configured, bare = tmp_path / "configured.yaml", tmp_path / "bare.yaml"
+    configured.write_text("serving: {model_name: taxi, request_log_rate: 0.5, request_log_dir: logs}\n")
+    bare.write_text("name: taxi\nserving: {model_name: taxi}\n")
+
+    def settings(config, *flags):
+        args = ["serve", "--output-dir", str(tmp_path / "out"), "--config", str(config), *flags]
+        return _request_log_settings(build_parser().parse_args(args))
+
+    assert settings(configured) == (0.5, tmp_path / "logs")
+    assert settings(configured, "--request-log-rate", "0", "--request-log-dir", "elsewhere") == (0.0, Path("elsewhere"))
+    assert settings(bare) == (0.0, tmp_path / "out" / "request_logs")
+
+
+def test_conveyor_run_refuses_the_request_log_settings_conveyor_serve_would(tmp_path):
+    import yaml
+
+    from pipeline.config import ConfigError, OutputConfig, parse_config
+    from pipeline.environment import DEFAULT_CONFIG
+
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
+    raw["serving"]["request_log_rate"] = 0.25
+    assert parse_config(raw, DEFAULT_CONFIG.parent, OutputConfig.under(tmp_path)).model_name == "taxi"
+    raw["serving"]["request_log_rate"] = -0.5
+    with pytest.raises(ConfigError, match="'serving.request_log_rate': must be between 0 and 1, got -0.5"):
+        parse_config(raw, DEFAULT_CONFIG.parent, OutputConfig.under(tmp_path))
 
 
 # In a child process (argv[1]: the log directory; argv[2], if given: the largest file it may write, which

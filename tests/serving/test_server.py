@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from tensorflow_metadata.proto.v0 import schema_pb2
 
 from components.pusher.publish import list_versions, publish
@@ -305,15 +306,13 @@ def _sigint_as_in_a_terminal() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
-# Ctrl-C in a terminal sends SIGINT; a service manager, `docker stop` and Kubernetes send SIGTERM.
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
-def test_serve_command_prints_its_url_and_serves_until_interrupted(served, tmp_path, stop):
-    log_path = tmp_path / "serve.log"
+def _start_serve(served, log_path: Path, flags: list[str]) -> tuple[subprocess.Popen, queue.Queue]:
+    """`conveyor serve` over the served root in a child process, stderr to `log_path`; its stdout lines arrive
+    on the queue."""
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
-    # faulthandler: if the server ever fails to stop, SIGABRT below dumps every thread's stack to the log.
+    # faulthandler: if the server ever fails to stop, SIGABRT dumps every thread's stack to the log.
     command = [sys.executable, "-X", "faulthandler", "-m", "cli", "serve", "--output-dir", str(served.root.parent)]
-    command += ["--port", "0", "--grpc-port", "0"]
-    command += ["--max-body-bytes", "64"]
+    command += ["--port", "0", "--grpc-port", "0", *flags]
     with open(log_path, "w") as log:
         # As from a terminal: a shell without job control starts background commands with SIGINT
         # ignored, and a child inherits that (a CI rehearsal started that way hung here).
@@ -327,7 +326,20 @@ def test_serve_command_prints_its_url_and_serves_until_interrupted(served, tmp_p
             preexec_fn=_sigint_as_in_a_terminal,
         )
     lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return process, lines
+
+
+# Ctrl-C in a terminal sends SIGINT; a service manager, `docker stop` and Kubernetes send SIGTERM.
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_serve_command_prints_its_url_and_serves_until_interrupted(served, tmp_path, stop):
+    log_path = tmp_path / "serve.log"
+    process, lines = _start_serve(served, log_path, ["--max-body-bytes", "64"])
     try:
         line = lines.get(timeout=180)
         match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
@@ -355,6 +367,42 @@ def test_serve_command_prints_its_url_and_serves_until_interrupted(served, tmp_p
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_serve_takes_the_request_log_rate_from_the_config_without_its_data(served, b64, expected, tmp_path):
+    """`serving.request_log_rate` and `serving.request_log_dir` in the config, no flag: the real server logs
+    every request there, though the config's data root and schema are absent from this machine."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    config = tmp_path / "configs" / "taxi.yaml"
+    config.parent.mkdir()
+    config.write_text(
+        "name: taxi\ndata: {root: ../no-such-data}\nlabel: big_tipper\nschema: ../no-such-schema.pbtxt\n"
+        "features: [{name: trip_miles, kind: numeric}]\n"
+        f"serving: {{model_name: {served.name}, request_log_rate: 1.0, request_log_dir: ../logs}}\n",
+        encoding="utf-8",
+    )
+    log_path = tmp_path / "serve.log"
+    process, lines = _start_serve(served, log_path, ["--config", str(config)])
+    try:
+        url = re.search(r"http://127\.0\.0\.1:\d+", lines.get(timeout=180))
+        assert url, log_path.read_text()[-2000:]
+        assert lines.get(timeout=30).strip() == f"conveyor serve: logging 1 of requests to {tmp_path / 'logs'}"
+        body = json.dumps({"instances": b64[:3]}).encode("utf-8")
+        request = urllib.request.Request(f"{url.group(0)}/v1/models/{served.name}:predict", data=body)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert np.allclose(_probabilities(json.loads(response.read())), expected[:3], atol=1e-6)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    files = sorted((tmp_path / "logs" / served.name).glob("*.tfrecord"))
+    assert len(files) == 1, "closing on SIGTERM finishes the one log file"
+    records = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(files[0]))]
+    assert len(records) == 1 and records[0].log_metadata.sampling_config.sampling_rate == 1.0
+    assert len(records[0].predict_log.request.inputs["examples"].string_val) == 3
 
 
 def _raw_request(port: int, head: bytes, body: bytes = b"") -> tuple[bytes, bytes]:
