@@ -219,6 +219,22 @@ def _previous_statistics(config: PipelineConfig, statistics_gen):
     return resolver
 
 
+def _predict_nodes(config: PipelineConfig, pusher, schema) -> list:
+    """BatchPredict after the push when the config names data to score (`predict:`); else nothing."""
+    if config.predict is None:
+        return []
+    from components.batch_predict import BatchPredict
+
+    return [
+        BatchPredict(
+            pushed_model=pusher.outputs["pushed_model"],
+            schema=schema,
+            data_root=config.predict.data_root,
+            output_format=config.predict.format,
+        )
+    ]
+
+
 def _model_nodes(config: PipelineConfig, example_gen, import_schema_gen, transform) -> list:
     """The latest blessed model, Trainer, Evaluator and SafePusher (and on the cluster, the record of a
     newly blessed model)."""
@@ -248,7 +264,8 @@ def _model_nodes(config: PipelineConfig, example_gen, import_schema_gen, transfo
         serving_model_dir=config.serving_model_dir,
         keep_versions=config.keep_versions,
     )
-    nodes = [latest_blessed, trainer, evaluator, pusher]
+    schema = import_schema_gen.outputs["schema"]
+    nodes = [latest_blessed, trainer, evaluator, pusher, *_predict_nodes(config, pusher, schema)]
     if not config.resolve_from_metadata:
         nodes.append(
             RecordBlessedModel(
