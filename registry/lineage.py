@@ -119,16 +119,23 @@ def updated_ms(node) -> int:
 
 
 def pipeline_runs(store: metadata_store.MetadataStore, pipeline_name: str) -> list[metadata_store_pb2.Context]:
-    """This pipeline's runs, oldest first."""
-    runs = []
-    for context in store.get_contexts_by_type(PIPELINE_RUN):
-        parents = store.get_parent_contexts_by_context(context.id)
-        if not parents or any(p.name == pipeline_name for p in parents):
-            runs.append(context)
+    """This pipeline's runs (those without a parent context, or with one named after it), oldest first.
+
+    A few queries whatever the number of runs: the runs, those with any parent, the children of the
+    contexts named after the pipeline.
+    """
+    candidates = store.get_contexts_by_type(PIPELINE_RUN)
+    if not candidates:
+        return []
+    has_parent = metadata_store.ListOptions(filter_query="parent_contexts_a.id > 0")
+    with_parent = {c.id for c in store.get_contexts(list_options=has_parent)}
+    named = [c for c in store.get_contexts() if c.name == pipeline_name]
+    children = {child.id for c in named for child in store.get_children_contexts_by_context(c.id)}
+    runs = [c for c in candidates if c.id not in with_parent or c.id in children]
     return sorted(runs, key=lambda c: (created_ms(c), c.id))
 
 
-def _node_id(store: metadata_store.MetadataStore, execution_id: int, pipeline_name: str) -> str:
+def _node_id(store, execution_id: int, pipeline_name: str) -> str:
     prefix = f"{pipeline_name}."
     for context in store.get_contexts_by_execution(execution_id):
         if context.name.startswith(prefix):
@@ -136,20 +143,101 @@ def _node_id(store: metadata_store.MetadataStore, execution_id: int, pipeline_na
     return "?"
 
 
+# get_lineage_subgraph starts from at most this many nodes per call.
+_SUBGRAPH_LIMIT = 100
+
+
+def _associations(store: metadata_store.MetadataStore, execution_ids: list[int]) -> dict[int, list[int]]:
+    """Execution id -> the ids of its contexts, ascending (as get_contexts_by_execution orders them);
+    one query per hundred executions instead of one per execution."""
+    ids = sorted(set(execution_ids))
+    out: dict[int, list[int]] = {i: [] for i in ids}
+    for start in range(0, len(ids), _SUBGRAPH_LIMIT):
+        low, high = ids[start], ids[min(start + _SUBGRAPH_LIMIT, len(ids)) - 1]
+        options = metadata_store_pb2.LineageSubgraphQueryOptions(max_num_hops=0)
+        options.starting_executions.filter_query = f"id >= {low} AND id <= {high}"
+        for association in store.get_lineage_subgraph(options, ["associations"]).associations:
+            if association.execution_id in out:
+                out[association.execution_id].append(association.context_id)
+    return {i: sorted(set(c)) for i, c in out.items()}
+
+
+class Lineage:
+    """A read-only view of ML Metadata's executions, events, artifacts and contexts, read in a few
+    queries and grouped in memory, for reading many runs at once (a page listing 300 runs).
+
+    It answers the store's read calls that this module's functions make (so `example_spans`,
+    `model_origin` and `run_executions` take it in place of the store) with what the store would
+    return, in the same order.
+    """
+
+    def __init__(self, store: metadata_store.MetadataStore, executions: Optional[list] = None):
+        """Reads every execution (or those given) with their events, artifacts and contexts."""
+        self.store = store
+        executions = store.get_executions() if executions is None else executions
+        self._executions = {e.id: e for e in executions}
+        ids = sorted(self._executions)
+        self._contexts_of = _associations(store, ids) if ids else {}
+        context_ids = sorted({c for cs in self._contexts_of.values() for c in cs})
+        self._contexts = {c.id: c for c in store.get_contexts_by_id(context_ids)} if context_ids else {}
+        self._by_context: dict[int, list[metadata_store_pb2.Execution]] = {}
+        for execution_id in reversed(ids):  # get_executions_by_context returns the newest first
+            for context_id in self._contexts_of[execution_id]:
+                self._by_context.setdefault(context_id, []).append(self._executions[execution_id])
+        self._events = list(store.get_events_by_execution_ids(ids)) if ids else []
+        self._events_of: dict[int, list[metadata_store_pb2.Event]] = {}
+        self._events_on: dict[int, list[metadata_store_pb2.Event]] = {}
+        for ev in self._events:
+            self._events_of.setdefault(ev.execution_id, []).append(ev)
+            self._events_on.setdefault(ev.artifact_id, []).append(ev)
+        artifact_ids = sorted(self._events_on)
+        self._artifacts = {a.id: a for a in store.get_artifacts_by_id(artifact_ids)} if artifact_ids else {}
+
+    def get_executions_by_context(self, context_id: int) -> list[metadata_store_pb2.Execution]:
+        return list(self._by_context.get(context_id, []))
+
+    def get_contexts_by_execution(self, execution_id: int) -> list[metadata_store_pb2.Context]:
+        return [self._contexts[c] for c in self._contexts_of.get(execution_id, []) if c in self._contexts]
+
+    def get_events_by_execution_ids(self, execution_ids) -> list[metadata_store_pb2.Event]:
+        wanted = set(execution_ids)
+        return [ev for i in sorted(wanted) for ev in self._events_of.get(i, [])]
+
+    def get_events_by_artifact_ids(self, artifact_ids) -> list[metadata_store_pb2.Event]:
+        wanted = set(artifact_ids)
+        if len(wanted) == 1:
+            return list(self._events_on.get(next(iter(wanted)), []))
+        return [ev for ev in self._events if ev.artifact_id in wanted]
+
+    def get_artifacts_by_id(self, artifact_ids) -> list[metadata_store_pb2.Artifact]:
+        missing = [i for i in set(artifact_ids) if i not in self._artifacts]
+        if missing:  # an artifact no execution touched (none in a TFX store): ask the store
+            self._artifacts.update((a.id, a) for a in self.store.get_artifacts_by_id(missing))
+        return [self._artifacts[i] for i in sorted(set(artifact_ids)) if i in self._artifacts]
+
+
 def run_executions(
-    store: metadata_store.MetadataStore, run: metadata_store_pb2.Context, pipeline_name: str
+    store: metadata_store.MetadataStore | Lineage, run: metadata_store_pb2.Context, pipeline_name: str
 ) -> dict[str, NodeExecution]:
-    """Every execution of one run keyed by node id, with inputs and outputs resolved."""
+    """Every execution of one run keyed by node id, with inputs and outputs resolved.
+
+    With a store, a few queries for this run; with a Lineage, none.
+    """
+    if not isinstance(store, Lineage):
+        store = Lineage(store, store.get_executions_by_context(run.id))
     executions = store.get_executions_by_context(run.id)
     events = store.get_events_by_execution_ids([e.id for e in executions])
     artifact_ids = sorted({ev.artifact_id for ev in events})
     artifacts = {a.id: a for a in store.get_artifacts_by_id(artifact_ids)} if artifact_ids else {}
+    by_execution: dict[int, list[metadata_store_pb2.Event]] = {}
+    for ev in events:
+        by_execution.setdefault(ev.execution_id, []).append(ev)
     result: dict[str, NodeExecution] = {}
     for execution in sorted(executions, key=lambda e: e.id):
         node_id = _node_id(store, execution.id, pipeline_name)
         node = NodeExecution(node_id, _STATES.get(execution.last_known_state, "unknown"), execution)
-        for ev in events:
-            if ev.execution_id != execution.id or ev.artifact_id not in artifacts:
+        for ev in by_execution.get(execution.id, []):
+            if ev.artifact_id not in artifacts:
                 continue
             key = ev.path.steps[0].key if ev.path.steps else ""
             if ev.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT):

@@ -14,7 +14,7 @@ from typing import Optional
 from ml_metadata.proto import metadata_store_pb2
 
 from pipeline.metadata import MetadataStore
-from registry.lineage import NodeExecution, custom_property, open_store, pipeline_runs, run_executions
+from registry.lineage import Lineage, NodeExecution, custom_property, open_store, pipeline_runs, run_executions
 from registry.summary import RunSummary, summarize
 
 PROVENANCE_KEYS = ("user", "git_commit", "git_dirty", "config")
@@ -75,10 +75,12 @@ def runs(
 ) -> list[tuple[metadata_store_pb2.Context, dict[str, NodeExecution], RunSummary]]:
     """Every run, newest first, with its executions and summary."""
     store = open_store(store)
+    found = pipeline_runs(store, pipeline_name)
+    lineage = Lineage(store) if found else None  # ML Metadata read once, not once per run
     out = []
-    for run in reversed(pipeline_runs(store, pipeline_name)):
-        executions = run_executions(store, run, pipeline_name)
-        out.append((run, executions, summarize(run.name, executions, store, pipeline_name)))
+    for run in reversed(found):
+        executions = run_executions(lineage, run, pipeline_name)
+        out.append((run, executions, summarize(run.name, executions, lineage, pipeline_name)))
     return out
 
 

@@ -20,6 +20,7 @@ from ml_metadata.proto import metadata_store_pb2
 from components.pusher.publish import list_versions, publish, write_models_config
 from pipeline.metadata import MetadataStore
 from registry.lineage import (
+    Lineage,
     NodeExecution,
     created_ms,
     custom_property,
@@ -72,23 +73,25 @@ def versions(store: str | MetadataStore, pipeline_name: str, model_dir: str) -> 
     each with the summary of the run that pushed it."""
     store = open_store(store)
     runs = {c.id: c for c in pipeline_runs(store, pipeline_name)}
+    pushed = _pushed_artifacts(store)
+    lineage = Lineage(store) if pushed else None  # ML Metadata read once, not once per version
     records = []
-    for artifact in _pushed_artifacts(store):
+    for artifact in pushed:
         destination = custom_property(artifact, "pushed_destination") or ""
         if Path(destination).parent != Path(model_dir):
             continue
         version = int(custom_property(artifact, "pushed_version"))
         rollback_of = int_property(artifact, "rollback_of")
-        run = _run_of_artifact(store, artifact.id, runs)
+        run = _run_of_artifact(lineage, artifact.id, runs)
         record = VersionRecord(version, _time(created_ms(artifact)), destination, run.name if run else "")
         record.rollback_of = rollback_of
         if run is not None:
-            record.executions = run_executions(store, run, pipeline_name)
-            record.summary = summarize(run.name, record.executions, store, pipeline_name)
+            record.executions = run_executions(lineage, run, pipeline_name)
+            record.summary = summarize(run.name, record.executions, lineage, pipeline_name)
             record.provenance = provenance(run)
             trainer = record.executions.get("Trainer")
             if trainer is not None and trainer.output("model") is not None:
-                record.training_spans = model_origin(store, trainer.output("model").id, pipeline_name)[1]
+                record.training_spans = model_origin(lineage, trainer.output("model").id, pipeline_name)[1]
         records.append(record)
     return sorted(records, key=lambda r: r.version, reverse=True)
 
