@@ -387,6 +387,10 @@ def run_fn(fn_args: FnArgs) -> None:
         "classes": list(classes),
         "label_stats": list(stats) if task == "regression" else None,
         "fingerprint": fingerprint,
+        # The training config alone (no paths): part of the pusher's inputs identity.
+        "config_fingerprint": hashlib.sha256(
+            json.dumps([fn_args.custom_config, fn_args.train_steps, fn_args.eval_steps], sort_keys=True).encode()
+        ).hexdigest(),
         "vocabularies": vocabularies,
     }
     record_path = os.path.join(fn_args.serving_model_dir, str(TRAINING_RECORD))

@@ -1,5 +1,6 @@
 """SafePusher: pushes a blessed model into the TF Serving layout, checked, atomically and at most once."""
 
+import json
 import logging
 import os
 import subprocess
@@ -13,10 +14,13 @@ from tfx.types.standard_artifacts import Examples, Model, ModelBlessing, PushedM
 from tfx.utils import path_utils
 
 from components.pusher.publish import (
+    INPUTS_FILE,
     SCHEMA_FILE,
     apply_retention,
+    inputs_identity,
     list_versions,
     publish,
+    served_inputs_identity,
     training_fingerprint,
     write_models_config,
 )
@@ -91,11 +95,28 @@ def SafePusher(
     if versions and fingerprint and training_fingerprint(Path(serving_model_dir) / str(versions[-1])) == fingerprint:
         _not_pushed(pushed_model, f"version {versions[-1]} already serves a model trained from the same inputs")
         return
+    identity = inputs_identity(
+        examples.span,
+        examples.get_int_custom_property("version") if examples.has_custom_property("version") else None,
+        examples.get_string_custom_property("input_fingerprint"),
+        os.path.join(schema.uri, SCHEMA_FILE),
+        saved_model,
+    )
+    if versions and served_inputs_identity(Path(serving_model_dir) / str(versions[-1])) == identity:
+        _not_pushed(
+            pushed_model, f"version {versions[-1]} already serves a model trained from the same data, schema and config"
+        )
+        return
     log.info("%s", pre_push_check(saved_model, examples))
     # Warmup requests come from the raw evaluation examples, which only the pusher has (the Trainer reads
     # transformed ones); they travel in assets.extra/ like the schema, in place before the version appears.
     with tempfile.TemporaryDirectory(prefix="conveyor-warmup-") as scratch:
-        extra = {SCHEMA_FILE: os.path.join(schema.uri, SCHEMA_FILE), WARMUP_FILE: os.path.join(scratch, WARMUP_FILE)}
+        extra = {
+            SCHEMA_FILE: os.path.join(schema.uri, SCHEMA_FILE),
+            WARMUP_FILE: os.path.join(scratch, WARMUP_FILE),
+            INPUTS_FILE: os.path.join(scratch, INPUTS_FILE),
+        }
+        Path(extra[INPUTS_FILE]).write_text(json.dumps({"identity": identity}))
         warmup = write_warmup_requests(
             saved_model, split_pattern(examples), extra[WARMUP_FILE], Path(serving_model_dir).name
         )

@@ -34,6 +34,37 @@ def training_fingerprint(saved_model_dir: str | Path) -> Optional[str]:
     return json.loads(record.read_text()).get("fingerprint")
 
 
+INPUTS_FILE = "conveyor_inputs.json"
+
+
+def inputs_identity(
+    span: int, version: Optional[int], data_fingerprint: str, schema_file: str, saved_model: str
+) -> str:
+    """What a model was made from, by content: the span, version and ExampleGen's fingerprint of the
+    input files, the curated schema's bytes and the training config (as run_fn recorded it). Paths do
+    not enter, so a cluster re-run of unchanged data, whose artifacts all have new URIs, has the same
+    identity as the run it repeats."""
+    import hashlib
+
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(schema_file, "rb") as f:
+        schema = hashlib.sha256(f.read()).hexdigest()
+    config = None
+    record = os.path.join(saved_model, str(TRAINING_RECORD))
+    if tf.io.gfile.exists(record):
+        with tf.io.gfile.GFile(record) as f:
+            config = json.load(f).get("config_fingerprint")
+    identity = {"span": span, "version": version, "data": data_fingerprint, "schema": schema, "config": config}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def served_inputs_identity(version_dir: str | Path) -> Optional[str]:
+    """The inputs identity a pushed version was published with, if any."""
+    path = Path(version_dir) / "assets.extra" / INPUTS_FILE
+    return json.loads(path.read_text()).get("identity") if path.is_file() else None
+
+
 def remove_stale_staging(model_dir: Path, older_than_seconds: float = 3600.0) -> list[str]:
     """Removes staging directories a killed publisher left behind (TF Serving never loads them).
 

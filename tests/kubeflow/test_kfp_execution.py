@@ -51,7 +51,10 @@ def cluster(tmp_path_factory):
     header, rows = _span_sample(1, 200)
     write_csv(data / "span-2" / "data.csv", header, rows[::-1])
     second = kfp_harness.execute(spec, f"{config.output.pipeline_root}/run-2")
-    return config, first, versions_first, second, list_versions(config.serving_model_dir)
+    versions_second = list_versions(config.serving_model_dir)
+    # Nothing changed: KFP runs every task again (ExampleGen is never cached), and nothing new is pushed.
+    third = kfp_harness.execute(spec, f"{config.output.pipeline_root}/run-3", subprocess_tasks=("ImportSchemaGen",))
+    return config, first, versions_first, second, versions_second, third, list_versions(config.serving_model_dir)
 
 
 def _one(outputs, task, key):
@@ -65,7 +68,7 @@ def _training_record(outputs) -> dict:
 
 
 def test_first_run_ingests_the_newest_span_trains_cold_and_pushes_a_loadable_model(cluster):
-    config, first, versions, _, _ = cluster
+    config, first, versions, *_ = cluster
     assert _one(first, "CsvExampleGen", "examples")["metadata"]["span"] == 1
     assert _one(first, "latest_blessed_model", "model")["metadata"]["conveyor_placeholder"] == 1
     assert _training_record(first)["warm_start"]["base_model"] is None
@@ -76,7 +79,7 @@ def test_first_run_ingests_the_newest_span_trains_cold_and_pushes_a_loadable_mod
 
 
 def test_second_run_takes_the_new_span_warm_starts_from_the_first_model_and_compares_with_it(cluster):
-    config, first, _, second, versions = cluster
+    config, first, _, second, versions, *_ = cluster
     assert _one(second, "CsvExampleGen", "examples")["metadata"]["span"] == 2
     base = _one(second, "latest_blessed_model", "model")
     assert base["metadata"]["blessed_model_uri"] == _one(first, "Trainer", "model")["uri"]
@@ -88,11 +91,30 @@ def test_second_run_takes_the_new_span_warm_starts_from_the_first_model_and_comp
 
 
 def test_drift_is_checked_against_the_previous_runs_statistics(cluster):
-    config, first, _, second, _ = cluster
+    config, first, _, second, *_ = cluster
     assert "conveyor_placeholder" in _one(first, "PreviousStatistics", "previous_statistics")["metadata"]
     previous = _one(second, "PreviousStatistics", "previous_statistics")
     assert previous["metadata"]["recorded_uri"] == _one(first, "StatisticsGen", "statistics")["uri"]
     assert tf.io.gfile.glob(f"{previous['uri']}/Split-train/FeatureStats.pb")
+    # After the third run (unchanged data), its statistics and its blessed (if not pushed) model are the latest.
+    third = cluster[5]
     records = state_dir(config.output.pipeline_root, config.name)
-    assert read_record(records, LATEST_STATISTICS)["uri"] == _one(second, "StatisticsGen", "statistics")["uri"]
-    assert read_record(records, LATEST_BLESSED_MODEL)["model_uri"] == _one(second, "Trainer", "model")["uri"]
+    assert read_record(records, LATEST_STATISTICS)["uri"] == _one(third, "StatisticsGen", "statistics")["uri"]
+    assert read_record(records, LATEST_STATISTICS)["previous_uri"] == _one(second, "StatisticsGen", "statistics")["uri"]
+    assert read_record(records, LATEST_BLESSED_MODEL)["model_uri"] == _one(third, "Trainer", "model")["uri"]
+
+
+def test_an_unchanged_rerun_pushes_nothing_new(cluster):
+    config, _, _, second, versions_second, third, versions_third = cluster
+    assert _one(third, "CsvExampleGen", "examples")["metadata"]["span"] == 2
+    pushed = _one(third, "SafePusher", "pushed_model")["metadata"]
+    assert pushed["pushed"] == 0
+    assert "already serves a model trained from the same data, schema and config" in pushed["not_pushed_reason"]
+    assert versions_third == versions_second
+
+
+def test_a_task_runs_as_the_containers_own_command_in_a_process_of_its_own(cluster):
+    """ImportSchemaGen of the third run ran as `python -m kubeflow.entrypoint ...`, a real process."""
+    *_, third, _ = cluster
+    schema = Path(_one(third, "ImportSchemaGen", "schema")["uri"]) / "schema.pbtxt"
+    assert schema.read_text() == (Path(kfp_harness.PROJECT_ROOT) / "schema" / "taxi" / "schema.pbtxt").read_text()
