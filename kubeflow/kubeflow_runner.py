@@ -76,6 +76,17 @@ def cluster_config(config: PipelineConfig, overrides: Optional[KubeflowConfig] =
             "data.window > 1 needs a span-range resolver, which open-source Kubeflow Pipelines cannot run "
             "(no resolver executors); compile with data.window: 1"
         )
+    # Paths on this machine that the pods cannot read: refused, never compiled silently into the file.
+    local_only = {
+        "data.serving_root": config.serving_data_root or config.serving_request_logs,
+        "predict.data_root": getattr(config.predict, "data_root", None),
+    }
+    for key, path in local_only.items():
+        if path:
+            raise ValueError(
+                f"{key} is {path}, a path on this machine that the cluster's pods cannot read; "
+                f"remove {key} from the config to compile for Kubeflow"
+            )
     missing = [n for n in ("pipeline_root", "data_root", "serving_root", "image") if not getattr(facts, n)]
     if missing:
         flags = ", ".join(f"--{n.replace('_', '-')}" for n in missing)

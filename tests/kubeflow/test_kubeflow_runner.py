@@ -279,3 +279,17 @@ def test_an_unknown_data_layout_is_a_config_error(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match="kubeflow.data_layout.*'spans' or 'flat'"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "changes, key",
+    [
+        ({"serving_data_root": "/home/me/serving.csv"}, "data.serving_root"),
+        ({"serving_request_logs": "/logs"}, "data.serving_root"),
+    ],
+)
+def test_local_only_paths_are_refused_for_kubeflow_naming_the_key(changes, key):
+    config = load_config(TAXI_CONFIG).replace(**changes)
+    facts = KubeflowConfig(pipeline_root="gs://b/r", data_root="gs://b/d", serving_root="/serving", image=IMAGE)
+    with pytest.raises(ValueError, match=f"^{key} is .* the cluster's pods cannot read"):
+        cluster_config(config, facts)
