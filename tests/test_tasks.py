@@ -382,3 +382,53 @@ def test_predict_that_fails_on_beam_says_so_in_one_line_and_leaves_no_partial_ou
     assert err.count("\n") == 1 and err.startswith("error: batch prediction failed, no output written: "), err
     assert "NoSuchRunner" in err and "Traceback" not in err
     assert list((tmp_path / "out").iterdir()) == [], "the partial directory is removed"
+
+
+@pytest.mark.e2e
+def test_a_run_with_predict_scores_its_data_with_the_version_it_pushed(task_runs, tmp_path):
+    """The BatchPredict stage: a run with `predict:` set scores that data with the pushed version, and its
+    rows and counts equal `conveyor predict`'s on the same data with the same version."""
+    import dataclasses
+    import io
+    import shutil
+
+    from ml_metadata.metadata_store import metadata_store
+
+    from components.batch_predict import MODEL_VERSION, REJECTED_ROWS, ROWS_IN, SCORED, SCORED_DIR
+    from pipeline.config_predict import PredictConfig
+    from pipeline.runner import run_local
+    from serving import batch_predict as bp
+
+    config, *_ = task_runs["binary"]
+    # A copy of the run's ML Metadata, so the other tests see their own runs only. Everything upstream is
+    # served from cache (same pipeline root and serving directory): this run executes BatchPredict alone.
+    store = tmp_path / "metadata.sqlite"
+    shutil.copy(config.output.metadata_path, store)
+    config = config.replace(
+        output=dataclasses.replace(config.output, metadata_path=str(store)),
+        predict=PredictConfig(data_root=config.data_root, format="csv"),
+    )
+    run_local(config, io.StringIO(), tmp_path / "logs")
+
+    results = metadata_store.MetadataStore(config.output.store.connection_config()).get_artifacts_by_type(
+        "InferenceResult"
+    )
+    assert len(results) == 1, results
+    props = {k: getattr(v, v.WhichOneof("value")) for k, v in results[0].custom_properties.items()}
+    version = list_versions(config.serving_model_dir)[-1]
+    rows = len(dataset("binary")[1])
+    assert props[MODEL_VERSION] == str(version), props
+    assert props[ROWS_IN] == rows and props[SCORED] + props[REJECTED_ROWS] == rows, props
+    scored_dir = Path(results[0].uri) / SCORED_DIR
+    assert (scored_dir / bp.SUMMARY).is_file()
+
+    target = bp.load_target(config.model_name, version, Path(config.serving_model_dir) / str(version))
+    args = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+    summary = bp.predict(target, bp.input_files(config.data_root), tmp_path / "cli", "csv", (), args)
+    assert (summary.scored, summary.rejected) == (props[SCORED], props[REJECTED_ROWS])
+
+    def lines(directory: Path) -> list[str]:
+        files = sorted(directory.glob("predictions-*.csv"))
+        return sorted(row for f in files for row in f.read_text().splitlines()[1:])
+
+    assert lines(scored_dir) == lines(tmp_path / "cli") and len(lines(scored_dir)) == props[SCORED]
