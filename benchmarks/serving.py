@@ -315,8 +315,8 @@ def concurrent_load(
         these = group(setting, protocol, clients)
         base = group("plain", "in-process", clients)
         delta = ""
-        if base and protocol != "in-process":
-            deltas = [r["p50"] - b["p50"] for r, b in zip(these, base, strict=True)]
+        if base and protocol != "in-process":  # each round against the in-process run of the same round
+            deltas = [r["p50"] - next(b["p50"] for b in base if b["round"] == r["round"]) for r in these]
             delta = _spread([{"d": d} for d in deltas], "d")
         print(
             f"| {setting} | {protocol} | {clients} | {sum(r['requests'] for r in these)} | {_spread(these, 'p50')} | "
