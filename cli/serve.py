@@ -106,7 +106,7 @@ def _request_log_settings(args: argparse.Namespace) -> tuple[float, Path]:
       ConfigError: the config named by --config is missing or has a bad `serving.` value (the key is named).
       ValueError: --request-log-rate is outside [0, 1].
     """
-    from pipeline.serve_config import ServeConfig, load_serve_config
+    from pipeline.config_serve import ServeConfig, load_serve_config
 
     if args.config:
         config = load_serve_config(args.config)

@@ -496,8 +496,10 @@ def parse_config(
         features = _parse_features(raw["features"])
         if label in {f.name for f in features}:
             raise ConfigError("label", f"'{label}' is also listed as a feature")
+        from pipeline.config_serve import SERVING_KEYS, serve_settings
+
         _check_keys(raw["serving"], SERVING_KEYS, {"model_name"}, "serving.")
-        _serve_settings(raw["serving"], base)  # `conveyor run` refuses what `conveyor serve` would
+        serve_settings(raw["serving"], base)  # `conveyor run` refuses what `conveyor serve` would
         keep_versions = _positive(raw["serving"].get("keep_versions", 5), "serving.keep_versions")
         model_name = _typed(raw["serving"]["model_name"], str, "serving.model_name")
         if not _MODEL_NAME_RE.match(model_name) or ".." in model_name:
@@ -545,17 +547,6 @@ def parse_config(
         )
     except ConfigError as err:
         raise ConfigError(err.key, err.problem, source) from None
-
-
-SERVING_KEYS = {"model_name", "keep_versions", "request_log_rate", "request_log_dir"}
-
-
-def _serve_settings(raw: Mapping[str, Any], base: Path) -> tuple[Optional[float], Optional[str]]:
-    """`serving.request_log_rate` (in [0, 1]) and `serving.request_log_dir` (relative to `base`); None when absent."""
-    rate, directory = raw.get("request_log_rate"), raw.get("request_log_dir")
-    if rate is not None and not 0.0 <= (rate := _typed(rate, float, "serving.request_log_rate")) <= 1.0:
-        raise ConfigError("serving.request_log_rate", f"must be between 0 and 1, got {rate}")
-    return rate, None if directory is None else str(base / _typed(directory, str, "serving.request_log_dir"))
 
 
 def _request_logs(serving_root: Path, model_name: str) -> Optional[Path]:
