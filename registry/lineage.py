@@ -153,9 +153,10 @@ def _associations(store: metadata_store.MetadataStore, execution_ids: list[int])
     ids = sorted(set(execution_ids))
     out: dict[int, list[int]] = {i: [] for i in ids}
     for start in range(0, len(ids), _SUBGRAPH_LIMIT):
-        low, high = ids[start], ids[min(start + _SUBGRAPH_LIMIT, len(ids)) - 1]
+        chosen = ", ".join(str(i) for i in ids[start : start + _SUBGRAPH_LIMIT])
         options = metadata_store_pb2.LineageSubgraphQueryOptions(max_num_hops=0)
-        options.starting_executions.filter_query = f"id >= {low} AND id <= {high}"
+        # By id, not a range of ids: a range over sparse ids (a partial Lineage) holds more than the limit.
+        options.starting_executions.filter_query = f"id IN ({chosen})"
         for association in store.get_lineage_subgraph(options, ["associations"]).associations:
             if association.execution_id in out:
                 out[association.execution_id].append(association.context_id)
@@ -171,9 +172,23 @@ class Lineage:
     return, in the same order.
     """
 
-    def __init__(self, store: metadata_store.MetadataStore, executions: Optional[list] = None):
-        """Reads every execution (or those given) with their events, artifacts and contexts."""
+    def __init__(
+        self,
+        store: metadata_store.MetadataStore,
+        executions: Optional[list] = None,
+        contexts: Optional[set[int]] = None,
+    ):
+        """Reads every execution (or those given) with their events, artifacts and contexts.
+
+        With `executions`, the view is partial: `contexts` are the contexts whose executions it answers
+        from memory (those given, in the store's order); everything else it is asked about that lies
+        outside what it read (another context's executions, an artifact's events, an execution not
+        given) is asked of the store, once.
+        """
         self.store = store
+        self.complete = executions is None
+        self._full = set(contexts or ())
+        self._asked: dict[tuple, list] = {}
         executions = store.get_executions() if executions is None else executions
         self._executions = {e.id: e for e in executions}
         ids = sorted(self._executions)
@@ -193,25 +208,53 @@ class Lineage:
         artifact_ids = sorted(self._events_on)
         self._artifacts = {a.id: a for a in store.get_artifacts_by_id(artifact_ids)} if artifact_ids else {}
 
+    @classmethod
+    def of_runs(cls, store: metadata_store.MetadataStore, run_ids: list[int]) -> Lineage:
+        """A partial view holding every execution of these runs (a page of them): a few queries."""
+        executions = []
+        ids = sorted(set(run_ids))
+        for start in range(0, len(ids), _SUBGRAPH_LIMIT):
+            chosen = ", ".join(str(i) for i in ids[start : start + _SUBGRAPH_LIMIT])
+            options = metadata_store.ListOptions(filter_query=f"contexts_a.id IN ({chosen})")
+            executions.extend(store.get_executions(list_options=options))
+        unique = list({e.id: e for e in executions}.values())
+        return cls(store, unique, set(ids))
+
+    def _ask(self, name: str, key) -> list:
+        """The store's answer to get_<name>(key), asked once."""
+        if (name, key) not in self._asked:
+            self._asked[(name, key)] = list(getattr(self.store, name)(list(key) if isinstance(key, tuple) else key))
+        return list(self._asked[(name, key)])
+
     def get_executions_by_context(self, context_id: int) -> list[metadata_store_pb2.Execution]:
+        if not self.complete and context_id not in self._full:
+            return self._ask("get_executions_by_context", context_id)
         return list(self._by_context.get(context_id, []))
 
     def get_contexts_by_execution(self, execution_id: int) -> list[metadata_store_pb2.Context]:
+        if not self.complete and execution_id not in self._executions:
+            return self._ask("get_contexts_by_execution", execution_id)
         return [self._contexts[c] for c in self._contexts_of.get(execution_id, []) if c in self._contexts]
 
     def get_events_by_execution_ids(self, execution_ids) -> list[metadata_store_pb2.Event]:
         wanted = set(execution_ids)
+        unread = tuple(sorted(i for i in wanted if i not in self._executions)) if not self.complete else ()
+        if unread:
+            read = [ev for i in sorted(wanted - set(unread)) for ev in self._events_of.get(i, [])]
+            return self._ask("get_events_by_execution_ids", unread) + read
         return [ev for i in sorted(wanted) for ev in self._events_of.get(i, [])]
 
     def get_events_by_artifact_ids(self, artifact_ids) -> list[metadata_store_pb2.Event]:
         wanted = set(artifact_ids)
+        if not self.complete:  # other executions may have used these artifacts
+            return self._ask("get_events_by_artifact_ids", tuple(sorted(wanted)))
         if len(wanted) == 1:
             return list(self._events_on.get(next(iter(wanted)), []))
         return [ev for ev in self._events if ev.artifact_id in wanted]
 
     def get_artifacts_by_id(self, artifact_ids) -> list[metadata_store_pb2.Artifact]:
         missing = [i for i in set(artifact_ids) if i not in self._artifacts]
-        if missing:  # an artifact no execution touched (none in a TFX store): ask the store
+        if missing:  # an artifact no execution read touched: ask the store
             self._artifacts.update((a.id, a) for a in self.store.get_artifacts_by_id(missing))
         return [self._artifacts[i] for i in sorted(set(artifact_ids)) if i in self._artifacts]
 
@@ -224,7 +267,7 @@ def run_executions(
     With a store, a few queries for this run; with a Lineage, none.
     """
     if not isinstance(store, Lineage):
-        store = Lineage(store, store.get_executions_by_context(run.id))
+        store = Lineage(store, store.get_executions_by_context(run.id), {run.id})
     executions = store.get_executions_by_context(run.id)
     events = store.get_events_by_execution_ids([e.id for e in executions])
     artifact_ids = sorted({ev.artifact_id for ev in events})

@@ -8,7 +8,7 @@ import os
 from typing import Any, Optional
 
 from registry.lineage import NodeExecution, created_ms, custom_property, int_property, updated_ms
-from registry.summary import metric_label
+from registry.summary import from_files, metric_label
 from registry.versions import VersionRecord
 
 TRAINING_RECORD = os.path.join("assets.extra", "conveyor_training.json")
@@ -57,16 +57,29 @@ def metrics_by_slice(evaluation_uri: str) -> dict[str, dict[str, dict[str, float
     return out
 
 
-def thresholds(evaluator: NodeExecution) -> list[dict[str, Any]]:
-    """Every configured threshold with its bound and whether the candidate passed it."""
+def evaluation_metrics(evaluation) -> dict[str, dict[str, dict[str, float]]]:
+    """metrics_by_slice of an Evaluator's `evaluation` artifact, read once per process (see from_files)."""
+    kept = from_files("metrics by slice", evaluation, lambda: metrics_by_slice(evaluation.uri))
+    return {where: {name: dict(v) for name, v in metrics.items()} for where, metrics in kept.items()}
+
+
+def _validation_failures(evaluation) -> frozenset:
+    """(metric name, is_diff) of every failed threshold in an `evaluation` artifact's validation result."""
     import tensorflow_model_analysis as tfma
 
-    config = json.loads(exec_property(evaluator, "eval_config") or "{}")
     failures = set()
-    validation = tfma.load_validation_result(evaluator.output("evaluation").uri)
+    validation = tfma.load_validation_result(evaluation.uri)
     for per_slice in validation.metric_validations_per_slice:
         for failure in per_slice.failures:
             failures.add((failure.metric_key.name, failure.metric_key.is_diff))
+    return frozenset(failures)
+
+
+def thresholds(evaluator: NodeExecution) -> list[dict[str, Any]]:
+    """Every configured threshold with its bound and whether the candidate passed it."""
+    config = json.loads(exec_property(evaluator, "eval_config") or "{}")
+    evaluation = evaluator.output("evaluation")
+    failures = from_files("validation failures", evaluation, lambda: _validation_failures(evaluation))
     found = []
     for spec in config.get("metrics_specs", config.get("metricsSpecs", [])):
         for metric in spec.get("metrics", []):
@@ -188,7 +201,7 @@ def describe(record: VersionRecord, config) -> list[str]:
         baseline = evaluator.inputs.get("baseline_model") or []
         out.append(f"  baseline: {baseline[0].uri if baseline else 'none (first model: absolute thresholds only)'}")
         out.append("  metrics (candidate / baseline):")
-        for where, metrics in sorted(metrics_by_slice(evaluator.output("evaluation").uri).items(), key=_slice_order):
+        for where, metrics in sorted(evaluation_metrics(evaluator.output("evaluation")).items(), key=_slice_order):
             shown = ", ".join(
                 f"{name} {v['candidate']:.4f}" + (f" / {v['baseline']:.4f}" if "baseline" in v else "")
                 for name, v in sorted(metrics.items())

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from pipeline.metadata import MetadataStore
 from registry.lineage import Lineage, NodeExecution, custom_property, open_store, pipeline_runs, run_executions
-from registry.summary import RunSummary, summarize
+from registry.summary import RunSummary, outcome_summary, summarize
 
 PROVENANCE_KEYS = ("user", "git_commit", "git_dirty", "config")
 ERROR_KEY = "conveyor_error"
@@ -82,6 +83,75 @@ def runs(
         executions = run_executions(lineage, run, pipeline_name)
         out.append((run, executions, summarize(run.name, executions, lineage, pipeline_name)))
     return out
+
+
+# Runs on one page of `conveyor ui`'s /runs.
+PER_PAGE = 50
+
+
+@dataclass
+class RunsPage:
+    """One page of runs, newest first: `rows` as runs() gives them, of `total` runs (of the outcome asked)."""
+
+    rows: list[tuple[metadata_store_pb2.Context, dict[str, NodeExecution], RunSummary]]
+    page: int
+    pages: int
+    total: int
+
+
+def runs_page(
+    store: str | MetadataStore, pipeline_name: str, kind: Optional[str] = None, page: int = 1, per_page: int = PER_PAGE
+) -> RunsPage:
+    """The page-th `per_page` runs, newest first, of those whose outcome is `kind` (all when None).
+
+    Reads the executions, artifacts and files of the runs shown only; with a kind, every run's outcome is
+    found first from ML Metadata alone (its failed executions, its Evaluator and its pusher).
+    """
+    store = open_store(store)
+    found = list(reversed(pipeline_runs(store, pipeline_name)))
+    if kind is not None:
+        kinds = _outcome_kinds(store, found, pipeline_name)
+        found = [run for run in found if kinds[run.id] == kind]
+    pages = max(1, -(-len(found) // per_page))
+    page = min(max(page, 1), pages)
+    chosen = found[(page - 1) * per_page : page * per_page]
+    lineage = Lineage.of_runs(store, [run.id for run in chosen]) if chosen else None
+    rows = []
+    for run in chosen:
+        executions = run_executions(lineage, run, pipeline_name)
+        rows.append((run, executions, summarize(run.name, executions, lineage, pipeline_name)))
+    return RunsPage(rows, page, pages, len(found))
+
+
+def _outcome_kinds(store, found: list[metadata_store_pb2.Context], pipeline_name: str) -> dict[int, str]:
+    """Run id -> outcome().kind, from the executions the outcome depends on (no file is read)."""
+    if "'" in pipeline_name or "\\" in pipeline_name:  # not quotable in a filter query: read them all
+        executions = store.get_executions()
+    else:  # LIKE's wildcards in a name only let more in; run_status and outcome pick their nodes themselves
+        query = (
+            f"last_known_state = FAILED OR contexts_a.name LIKE '{pipeline_name}.%Pusher'"
+            f" OR contexts_a.name = '{pipeline_name}.Evaluator'"
+        )
+        executions = store.get_executions(list_options=metadata_store.ListOptions(filter_query=query))
+    lineage = Lineage(store, executions, {run.id for run in found})
+    kinds = {}
+    for run in found:
+        executions = run_executions(lineage, run, pipeline_name)
+        kinds[run.id] = outcome(executions, outcome_summary(run.name, executions)).kind
+    return kinds
+
+
+def one_run(
+    store: str | MetadataStore, pipeline_name: str, name: str
+) -> Optional[tuple[metadata_store_pb2.Context, dict[str, NodeExecution], RunSummary]]:
+    """The run called `name` as runs() gives it, or None: reads that run's executions and files only."""
+    store = open_store(store)
+    run = next((r for r in pipeline_runs(store, pipeline_name) if r.name == name), None)
+    if run is None:
+        return None
+    lineage = Lineage.of_runs(store, [run.id])
+    executions = run_executions(lineage, run, pipeline_name)
+    return run, executions, summarize(run.name, executions, lineage, pipeline_name)
 
 
 def run_status(executions: dict[str, NodeExecution]) -> tuple[str, Optional[NodeExecution]]:

@@ -4,16 +4,52 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import tensorflow_data_validation as tfdv
 import tensorflow_model_analysis as tfma
+from ml_metadata.proto import metadata_store_pb2
 
 from components.data_gate.anomalies import by_split, read_artifact
 from registry.lineage import NodeExecution, custom_property, format_spans, int_property, model_origin
 
 TRAINING_RECORD = os.path.join("assets.extra", "conveyor_training.json")
+
+# An artifact's files never change once it is LIVE (TFX writes them before publishing it), so what is
+# read from them is kept, per process, under (what was read, artifact id, uri): not a copy of ML
+# Metadata (nothing here says which runs or versions exist), only of files that mean the same for as
+# long as that artifact does. A re-drawn page then reads only the new runs' files.
+_FILE_VALUES: dict[tuple, Any] = {}
+_FILE_VALUES_KEPT = 20_000
+_FILE_VALUES_LOCK = threading.Lock()
+
+
+def from_files(what: str, artifact: metadata_store_pb2.Artifact, read: Callable[[], Any], *extra) -> Any:
+    """read()'s value for this artifact's files, read once per process while the artifact is LIVE.
+
+    The value is shared between callers: treat it as read-only.
+    """
+    if artifact.state != metadata_store_pb2.Artifact.LIVE or not artifact.id:
+        return read()
+    key = (what, artifact.id, artifact.uri, *extra)
+    with _FILE_VALUES_LOCK:
+        if key in _FILE_VALUES:
+            return _FILE_VALUES[key]
+    value = read()
+    with _FILE_VALUES_LOCK:
+        if len(_FILE_VALUES) >= _FILE_VALUES_KEPT:
+            _FILE_VALUES.clear()
+        _FILE_VALUES[key] = value
+    return value
+
+
+def forget_files() -> None:
+    """Drops every value from_files kept (the benchmark's cold start)."""
+    with _FILE_VALUES_LOCK:
+        _FILE_VALUES.clear()
 
 
 @dataclass
@@ -82,6 +118,10 @@ class RunSummary:
 
 def _rows(statistics: NodeExecution) -> dict[str, int]:
     artifact = statistics.output("statistics")
+    return dict(from_files("rows", artifact, lambda: _read_rows(artifact)))
+
+
+def _read_rows(artifact: metadata_store_pb2.Artifact) -> dict[str, int]:
     rows = {}
     for split in json.loads(
         custom_property(artifact, "split_names") or artifact.properties["split_names"].string_value
@@ -94,7 +134,12 @@ def _rows(statistics: NodeExecution) -> dict[str, int]:
 
 def _anomalies(validator: NodeExecution) -> dict[str, list[str]]:
     artifact = validator.output("anomalies")
-    return dict(by_split(read_artifact(artifact.uri, artifact.properties["split_names"].string_value)))
+    found = from_files(
+        "anomalies",
+        artifact,
+        lambda: dict(by_split(read_artifact(artifact.uri, artifact.properties["split_names"].string_value))),
+    )
+    return {split: list(items) for split, items in found.items()}
 
 
 def metric_label(key, classes: tuple[str, ...] = ()) -> str:
@@ -119,7 +164,14 @@ def _classes(trainer: Optional[NodeExecution]) -> tuple[str, ...]:
 
 
 def _metrics(evaluator: NodeExecution, classes: tuple[str, ...] = ()) -> tuple[list[MetricLine], bool, list[str]]:
-    uri = evaluator.output("evaluation").uri
+    evaluation = evaluator.output("evaluation")
+    lines, has_baseline, failures = from_files(
+        "metrics", evaluation, lambda: _read_metrics(evaluation.uri, classes), classes
+    )
+    return [MetricLine(m.name, m.candidate, m.baseline) for m in lines], has_baseline, list(failures)
+
+
+def _read_metrics(uri: str, classes: tuple[str, ...]) -> tuple[list[MetricLine], bool, list[str]]:
     values: dict[str, dict[str, float]] = {}
     for per_slice in tfma.load_metrics(uri):
         if per_slice.slice_key.single_slice_keys:
@@ -166,11 +218,9 @@ def _failure_text(failure, where: str, values: dict[str, float]) -> str:
 def _training(trainer: NodeExecution, store, pipeline_name: str) -> str:
     """ "warm-started from version V (span N): L of M layers", "cold start: <reason>", or a reuse."""
     model = trainer.output("model")
-    path = os.path.join(model.uri, "Format-Serving", TRAINING_RECORD)
-    if not os.path.exists(path):
+    record = from_files("training record", model, lambda: _read_training_record(model.uri))
+    if record is None:
         return ""
-    with open(path) as f:
-        record = json.load(f)
     base = (trainer.inputs.get("base_model") or [None])[0]
     origin = "the latest blessed model"
     if base is not None and store is not None:
@@ -186,6 +236,14 @@ def _training(trainer: NodeExecution, store, pipeline_name: str) -> str:
     if fresh:
         text += "; fresh: " + "; ".join(f"{f['layer']} ({f['reason']})" for f in fresh)
     return text
+
+
+def _read_training_record(model_uri: str) -> Optional[dict]:
+    path = os.path.join(model_uri, "Format-Serving", TRAINING_RECORD)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def summarize(run_id: str, executions: dict[str, NodeExecution], store=None, pipeline_name: str = "") -> RunSummary:
@@ -207,6 +265,21 @@ def summarize(run_id: str, executions: dict[str, NodeExecution], store=None, pip
         summary.metrics, summary.has_baseline, summary.failures = _metrics(
             done["Evaluator"], _classes(done.get("Trainer"))
         )
+    _blessing_and_push(summary, done)
+    return summary
+
+
+def outcome_summary(run_id: str, executions: dict[str, NodeExecution]) -> RunSummary:
+    """The part of summarize() a run's outcome needs (blessing and push), from ML Metadata alone: no file
+    is read, so the executions may be only the Evaluator, the pusher and the failed ones."""
+    done = {k: v for k, v in executions.items() if v.state in ("complete", "cached")}
+    summary = RunSummary(run_id)
+    _blessing_and_push(summary, done)
+    return summary
+
+
+def _blessing_and_push(summary: RunSummary, done: dict[str, NodeExecution]) -> None:
+    if "Evaluator" in done:
         blessing = done["Evaluator"].output("blessing")
         summary.blessed = bool(custom_property(blessing, "blessed"))
     pusher = next((v for k, v in done.items() if k.endswith("Pusher")), None)
@@ -219,4 +292,3 @@ def summarize(run_id: str, executions: dict[str, NodeExecution], store=None, pip
             summary.pushed_to = custom_property(pushed, "pushed_destination")
         else:
             summary.not_pushed_reason = custom_property(pushed, "not_pushed_reason")
-    return summary

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from components.pusher.publish import MODELS_CONFIG, list_versions, pinned_versions
 from registry import ui_compare, ui_data, ui_memo, ui_pages, ui_run
 from registry.lineage import open_store
-from registry.runs import OUTCOMES, provenance, runs
+from registry.runs import OUTCOMES, one_run, provenance, runs, runs_page
 from registry.versions import served_version, versions
 
 MAX_FILE_BYTES = 2_000_000
@@ -156,7 +156,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
             elif parts == ["runs"]:
-                self._runs((query.get("outcome") or [None])[0])
+                self._runs((query.get("outcome") or [None])[0], (query.get("page") or ["1"])[0])
             elif parts[0] == "runs" and len(parts) == 2:
                 self._run(parts[1])
             elif parts[0] == "runs" and len(parts) == 4 and parts[2] == "log":
@@ -204,26 +204,31 @@ class Handler(BaseHTTPRequestHandler):
 
     do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _refuse  # noqa: N815
 
-    def _runs(self, selected: Optional[str]) -> None:
+    def _runs(self, selected: Optional[str], page: str) -> None:
         if selected is not None and selected not in OUTCOMES:
             self._error(HTTPStatus.BAD_REQUEST, f"outcome must be one of: {', '.join(OUTCOMES)}")
             return
-        found = self.registry.runs()
-        self._send(HTTPStatus.OK, ui_pages.runs_page(found, selected, self.registry.config.name))
+        if not page.isdigit() or int(page) < 1:
+            self._error(HTTPStatus.BAD_REQUEST, "page must be a number from 1")
+            return
+        # Only the runs shown are read (registry.runs.runs_page), 50 a page.
+        found = runs_page(self.registry.where, self.registry.config.name, selected, int(page))
+        body = ui_pages.runs_page(found.rows, selected, self.registry.config.name, (found.page, found.pages))
+        self._send(HTTPStatus.OK, body)
 
     def _run(self, run_id: str, log_of: Optional[str] = None) -> None:
         output_dir = self.registry.output_dir
-        for run, executions, summary in self.registry.runs():
-            if run.name != run_id:
-                continue
-            if log_of is None:
-                self._send(HTTPStatus.OK, ui_run.run_page(run, executions, summary, provenance(run), output_dir))
-            elif log_of in executions:
-                self._send(HTTPStatus.OK, ui_run.log_page(run, log_of, output_dir))
-            else:
-                self._error(HTTPStatus.NOT_FOUND, f"run {run_id!r} has no component {log_of!r}")
+        found = one_run(self.registry.where, self.registry.config.name, run_id)
+        if found is None:
+            self._error(HTTPStatus.NOT_FOUND, f"no run {run_id!r}; see /runs")
             return
-        self._error(HTTPStatus.NOT_FOUND, f"no run {run_id!r}; see /runs")
+        run, executions, summary = found
+        if log_of is None:
+            self._send(HTTPStatus.OK, ui_run.run_page(run, executions, summary, provenance(run), output_dir))
+        elif log_of in executions:
+            self._send(HTTPStatus.OK, ui_run.log_page(run, log_of, output_dir))
+        else:
+            self._error(HTTPStatus.NOT_FOUND, f"run {run_id!r} has no component {log_of!r}")
 
     def _compare(self, query: dict) -> None:
         records = {r.version: r for r in self._records()}

@@ -12,7 +12,7 @@ import math
 from typing import Any, Optional
 
 from registry.lineage import format_spans, int_property
-from registry.record import _slice_order, exec_property, metrics_by_slice, thresholds
+from registry.record import _slice_order, evaluation_metrics, exec_property, thresholds
 from registry.ui_pages import e, page
 from registry.versions import VersionRecord
 
@@ -24,7 +24,7 @@ def _evaluation(record: VersionRecord) -> tuple[dict, list[dict[str, Any]]]:
     evaluator = record.executions.get("Evaluator")
     if evaluator is None or evaluator.output("evaluation") is None:
         return {}, []
-    return metrics_by_slice(evaluator.output("evaluation").uri), thresholds(evaluator)
+    return evaluation_metrics(evaluator.output("evaluation")), thresholds(evaluator)
 
 
 def _number(value: Optional[float]) -> str:

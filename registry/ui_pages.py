@@ -78,8 +78,9 @@ def span_of(executions: dict[str, NodeExecution]) -> tuple[float, float]:
 _TAG = {"pushed": "ok", "not blessed": "warn", "data gate": "warn", "failed": "bad"}
 
 
-def runs_page(runs: list, selected: Optional[str], pipeline_name: str = "") -> str:
-    """Every run newest first (`runs` as registry.runs.runs returns them), optionally of one outcome."""
+def runs_page(runs: list, selected: Optional[str], pipeline_name: str = "", paging: tuple[int, int] = (1, 1)) -> str:
+    """Runs newest first (`runs` as registry.runs.runs returns them), optionally of one outcome; `paging`
+    is (this page, pages) of registry.runs.runs_page, drawn as links to the others."""
     links = " ".join(
         f'<a href="/runs?outcome={quote(kind)}">{e(kind)}</a>' if kind != selected else f"<b>{e(kind)}</b>"
         for kind in OUTCOMES
@@ -102,7 +103,18 @@ def runs_page(runs: list, selected: Optional[str], pipeline_name: str = "") -> s
     head = "<tr><th>run</th><th>outcome</th><th>span</th><th>started (UTC)</th><th>duration</th><th>who</th>"
     body = f"<p>filter: <a href='/runs'>all</a> {links}</p><table id='runs'>{head}<th>commit</th></tr>"
     body += "".join(rows) or "<tr><td colspan=7>no runs</td></tr>"
-    return page(f"Runs of {pipeline_name}" if pipeline_name else "Runs", body + "</table>")
+    body += "</table>" + page_links(*paging, f"/runs?outcome={quote(selected)}&" if selected else "/runs?")
+    return page(f"Runs of {pipeline_name}" if pipeline_name else "Runs", body)
+
+
+def page_links(current: int, pages: int, prefix: str) -> str:
+    """Links to every page of a long list ("" for one page), `prefix` ending in ? or &."""
+    if pages <= 1:
+        return ""
+    links = " ".join(
+        f"<b>{n}</b>" if n == current else f'<a href="{e(prefix)}page={n}">{n}</a>' for n in range(1, pages + 1)
+    )
+    return f"<p id='pages'>page: {links}</p>"
 
 
 def artifact_link(uri: str) -> str:
