@@ -17,8 +17,6 @@ from cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config, library_lo
 
 PREDICT_LOG = "predict.log"
 FORMATS = ("csv", "tfrecord", "parquet")  # serving.batch_predict's, repeated so `--help` does not load Beam
-# Input above this size is scored by one DirectRunner worker per core; below it, in this process.
-MULTI_PROCESSING_BYTES = 50 * 1024 * 1024
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,16 +48,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_predict)
 
 
-def beam_args(configured: tuple[str, ...], given: list[str], files: list[str]) -> list[str]:
-    """The config's and the command line's Beam arguments; without a runner or DirectRunner mode among them,
-    in-process for small input and one worker per core above MULTI_PROCESSING_BYTES."""
+def beam_args(configured: tuple[str, ...], given: list[str]) -> list[str]:
+    """The config's and the command line's Beam arguments; without a runner or DirectRunner mode among them, the
+    in-memory DirectRunner: on this 2-core machine it scored 1M taxi rows 1.6x faster than one worker per core
+    (benchmarks/predict.py, README), whose workers each load TensorFlow and the model."""
     args = [*configured, *given]
     flags = {a.split("=")[0] for a in args}
     if not flags & {"--runner", "--direct_running_mode", "--direct_num_workers"}:
-        if sum(os.path.getsize(f) for f in files) > MULTI_PROCESSING_BYTES:
-            args += ["--direct_running_mode=multi_processing", f"--direct_num_workers={os.cpu_count() or 1}"]
-        else:
-            args += ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+        args += ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
     return args
 
 
@@ -92,9 +88,7 @@ def _predict(args: argparse.Namespace, config, log_path: Path) -> int:
     what = files[0] if len(files) == 1 else f"{len(files)} files in {Path(files[0]).parent}"
     print(f"scoring {what} with {model} version {version} ({target.task}, {target.signature} signature)")
     try:
-        summary = bp.predict(
-            target, files, output, args.format, args.keep, beam_args(config.beam_args, args.beam_arg, files)
-        )
+        summary = bp.predict(target, files, output, args.format, args.keep, beam_args(config.beam_args, args.beam_arg))
     except Exception as err:  # a runner re-raises a worker's failure as whatever it was; the log keeps the trace
         logging.getLogger(__name__).exception("batch prediction failed")
         last = (str(err).strip().splitlines() or [type(err).__name__])[-1]
