@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config, library_logs_to
+from cli.options import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config, add_metadata, library_logs_to
 
 PREDICT_LOG = "predict.log"
 FORMATS = ("csv", "tfrecord", "parquet")  # serving.batch_predict's, repeated so `--help` does not load Beam
@@ -45,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_config(p)
     p.add_argument("--output-dir", default="output", help="the run's output directory: <output-dir>/serving_model")
+    add_metadata(p)
     p.set_defaults(func=cmd_predict)
 
 
@@ -62,7 +63,7 @@ def beam_args(configured: tuple[str, ...], given: list[str]) -> list[str]:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
 
-    config = load_config(args.config, output_dir=args.output_dir)
+    config = load_config(args.config, output_dir=args.output_dir, metadata=args.metadata)
     log_path = Path(args.output_dir) / "logs" / PREDICT_LOG
     # Multi-processing Beam workers are fresh interpreters: keep their import-time FutureWarnings off the terminal.
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
@@ -70,7 +71,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _predict(args, config, log_path)
 
 
+def pushed_line(config, model_dir: Path, version: int) -> str:
+    """What the registry (the output directory's SQLite, or the shared store) says of the version: the run
+    that pushed it, or that it has no push on record.
+
+    Args:
+      config: the pipeline config; its output.store is the registry read.
+      model_dir: the model's directory of version directories.
+      version: the version being scored.
+
+    Returns:
+      One line to print.
+
+    Raises:
+      MetadataUnavailable: a shared store that cannot be opened.
+    """
+    from registry.versions import versions
+
+    store = config.output.store
+    try:
+        records = {r.version: r for r in versions(store, config.name, str(model_dir))}
+    except FileNotFoundError:  # a serving directory copied without its registry still scores
+        return f"  registry: no ML Metadata at {store.shown}; scoring from the version directory alone"
+    record = records.get(version)
+    if record is None or not record.run_id:
+        return f"  registry: no push of version {version} into {model_dir} recorded in {store.shown}"
+    restored = f", restoring version {record.rollback_of}" if record.rollback_of else ""
+    return f"  registry: pushed {record.pushed_at} by run {record.run_id}{restored} ({store.shown})"
+
+
 def _predict(args: argparse.Namespace, config, log_path: Path) -> int:
+    from pipeline.metadata import MetadataUnavailable
     from serving import batch_predict as bp
 
     model = args.model or config.model_name
@@ -82,11 +113,13 @@ def _predict(args: argparse.Namespace, config, log_path: Path) -> int:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         output = args.output or Path(args.output_dir) / "predictions" / f"{model}-{version}-{stamp}"
         bp.check_output(output)
-    except bp.PredictError as err:
+        pushed = pushed_line(config, path.parent, version)
+    except (bp.PredictError, MetadataUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     what = files[0] if len(files) == 1 else f"{len(files)} files in {Path(files[0]).parent}"
     print(f"scoring {what} with {model} version {version} ({target.task}, {target.signature} signature)")
+    print(pushed)
     try:
         summary = bp.predict(target, files, output, args.format, args.keep, beam_args(config.beam_args, args.beam_arg))
     except Exception as err:  # a runner re-raises a worker's failure as whatever it was; the log keeps the trace

@@ -445,3 +445,87 @@ def test_a_server_lost_mid_run_fails_that_run_clearly_and_the_next_run_resumes_f
             assert re.search(rf"{finished}\s+from cache", again.stderr), again.stderr
     finally:
         stop()
+
+
+# `conveyor ui`, `predict` and `monitor` on the shared store: the pg_runs output, whose registry is only on the server.
+
+
+@pytest.mark.parametrize("server", ["postgresql"], indirect=True)
+def test_ui_on_the_shared_store_lists_its_runs_and_pushed_versions(pg_runs, server):
+    """`conveyor ui --metadata` as a process on a free port: /runs and /models show what the registry
+    functions read from the same server; SIGTERM stops it."""
+    import html
+    import urllib.request
+
+    from registry.versions import versions
+
+    config, out, *_ = pg_runs
+    command = [sys.executable, "-m", "cli", "ui", "--config", config.source, "--output-dir", str(out)]
+    ui = subprocess.Popen(
+        [*command, "--metadata", server.url(), "--port", "0"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        started = ui.stdout.readline()
+        assert started.startswith("conveyor ui: http://127.0.0.1:"), started
+        base = started.split()[2].removesuffix("/runs")
+        pages = {}
+        for page in ("runs", "models"):
+            with urllib.request.urlopen(f"{base}/{page}", timeout=60) as answer:
+                assert answer.status == 200
+                pages[page] = answer.read().decode("utf-8")
+    finally:
+        ui.terminate()
+        rest, _ = ui.communicate(timeout=60)
+    assert ui.returncode == 0 and "conveyor ui: stopped" in rest
+    store = open_store(config.output.store)
+    names = [run.name for run in pipeline_runs(store, config.name)]
+    assert len(names) >= 2 and all(f">{html.escape(name)}</a>" in pages["runs"] for name in names)
+    pushed = [r.version for r in versions(config.output.store, config.name, config.serving_model_dir)]
+    assert pushed == list_versions(config.serving_model_dir)
+    assert all(f'<a href="/models/{v}">{v}</a>' in pages["models"] for v in pushed)
+
+
+@pytest.mark.parametrize("server", ["postgresql"], indirect=True)
+def test_predict_on_the_shared_store_names_the_run_that_pushed_the_version(pg_runs, server, tmp_path, capsys):
+    config, out, first, _ = pg_runs
+    version = Path(first.summary.pushed_to).name
+    table = write_csv(tmp_path / "rows.csv", *sample_taxi_rows(50, seed=5))
+    args = ["--config", config.source, "--output-dir", str(out), "--metadata", server.url(), "--data", str(table)]
+    assert main(["predict", *args, "--version", version, "--output", str(tmp_path / "scored")]) == 0
+    said = capsys.readouterr().out
+    assert re.search(r"^  scored +50$", said, re.M) and re.search(r"^  rejected +0$", said, re.M), said
+    run = pipeline_runs(open_store(config.output.store), config.name)[0].name
+    assert f"by run {run} ({server.url()})" in said, said
+
+
+@pytest.mark.parametrize("server", ["postgresql"], indirect=True)
+def test_monitor_on_the_shared_store_finds_training_statistics_through_its_lineage(pg_runs, server, tmp_path, capsys):
+    """120 training-like rows sent to a ModelServer (what `conveyor serve` runs) over the pg_runs output, all
+    logged; the monitor finds the version's training statistics through the server's lineage: clean."""
+    import tensorflow_data_validation as tfdv
+
+    from components.examples import to_example
+    from serving.request_log import RequestLog
+    from serving.servable import SERVING_ENVIRONMENT
+    from serving.server import ModelServer
+    from tests.serving.test_monitor import _rows, _send
+
+    config, out, first, _ = pg_runs
+    version_dir = Path(first.summary.pushed_to)
+    schema = tfdv.load_schema_text(str(version_dir / "assets.extra" / "schema.pbtxt"))
+    not_served = {f.name for f in schema.feature if SERVING_ENVIRONMENT in f.not_in_environment}
+    rows = _rows(Path(config.data_root) / "span-1", not_served)[:120]
+    logs = tmp_path / "request_logs"
+    with ModelServer(config.output.serving_root, port=0, grpc_port=0, request_log=RequestLog(logs, 1.0)) as serving:
+        _send(serving, config.model_name, [to_example(r, schema).SerializeToString() for r in rows])
+    args = ["--config", config.source, "--output-dir", str(out), "--metadata", server.url(), "--log-dir", str(logs)]
+    code = main(["monitor", *args, "--json"])
+    said, err = capsys.readouterr()
+    assert code == 0, said + err
+    result = json.loads(said)
+    assert result["verdict"] == "clean" and result["findings"] == [] and result["version"] == int(version_dir.name)
+    assert result["sampling"]["examples"] == 120
+    store = open_store(config.output.store)
+    made = run_executions(store, pipeline_runs(store, config.name)[0], config.name)["StatisticsGen"]
+    statistics = made.output("statistics").uri
+    assert result["training_statistics"].startswith(f"run {pipeline_runs(store, config.name)[0].name}: {statistics}")
