@@ -1,7 +1,7 @@
 """ML Metadata on real PostgreSQL and MariaDB (MySQL-compatible) servers on loopback: runs, a cached re-run
 and the registry commands on the shared store, `schema approve` of a run's statistics, the server's lock
-between two checkouts (refused or waited for), two runs started at once, warm start across two spans, and
-one clear line for every failure."""
+between two checkouts (refused or waited for), two runs started at once, warm start across two spans,
+`conveyor ui`, `predict` and `monitor` on the shared store, and one clear line for every failure."""
 
 import dataclasses
 import io
@@ -451,38 +451,53 @@ def test_a_server_lost_mid_run_fails_that_run_clearly_and_the_next_run_resumes_f
 
 
 @pytest.mark.parametrize("server", ["postgresql"], indirect=True)
-def test_ui_on_the_shared_store_lists_its_runs_and_pushed_versions(pg_runs, server):
-    """`conveyor ui --metadata` as a process on a free port: /runs and /models show what the registry
-    functions read from the same server; SIGTERM stops it."""
+def test_ui_on_the_shared_store_lists_its_runs_and_pushed_versions(pg_runs, server, capsys):
+    """`conveyor ui --metadata` on a free port: /runs and /models show what the registry functions read from
+    the same server; then the SIGTERM handler the command installs stops it (called, not sent, so that no
+    signal can reach pytest itself; in process, to spare a second TensorFlow import)."""
     import html
+    import signal
+    import urllib.error
     import urllib.request
 
     from registry.versions import versions
+    from tests.servers import _free_port
 
     config, out, *_ = pg_runs
-    command = [sys.executable, "-m", "cli", "ui", "--config", config.source, "--output-dir", str(out)]
-    ui = subprocess.Popen(
-        [*command, "--metadata", server.url(), "--port", "0"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True
-    )
+    port, pages, untouched = _free_port(), {}, signal.getsignal(signal.SIGTERM)
+
+    def visit() -> None:
+        try:
+            for _ in range(600):
+                try:
+                    for page in ("runs", "models"):
+                        with urllib.request.urlopen(f"http://127.0.0.1:{port}/{page}", timeout=60) as answer:
+                            pages[page] = (answer.status, answer.read().decode("utf-8"))
+                    return
+                except urllib.error.URLError:
+                    time.sleep(0.1)
+        finally:
+            stop = signal.getsignal(signal.SIGTERM)
+            if stop is not untouched:
+                stop(signal.SIGTERM, None)
+
+    visitor = threading.Thread(target=visit, daemon=True)
+    visitor.start()
+    args = ["--config", config.source, "--output-dir", str(out), "--metadata", server.url()]
     try:
-        started = ui.stdout.readline()
-        assert started.startswith("conveyor ui: http://127.0.0.1:"), started
-        base = started.split()[2].removesuffix("/runs")
-        pages = {}
-        for page in ("runs", "models"):
-            with urllib.request.urlopen(f"{base}/{page}", timeout=60) as answer:
-                assert answer.status == 200
-                pages[page] = answer.read().decode("utf-8")
+        code = main(["ui", *args, "--port", str(port)])
     finally:
-        ui.terminate()
-        rest, _ = ui.communicate(timeout=60)
-    assert ui.returncode == 0 and "conveyor ui: stopped" in rest
+        signal.signal(signal.SIGTERM, untouched)
+    visitor.join(60)
+    said = capsys.readouterr().out
+    assert code == 0 and f"conveyor ui: http://127.0.0.1:{port}/runs" in said and "conveyor ui: stopped" in said
+    assert {page: status for page, (status, _) in pages.items()} == {"runs": 200, "models": 200}
     store = open_store(config.output.store)
     names = [run.name for run in pipeline_runs(store, config.name)]
-    assert len(names) >= 2 and all(f">{html.escape(name)}</a>" in pages["runs"] for name in names)
-    pushed = [r.version for r in versions(config.output.store, config.name, config.serving_model_dir)]
+    assert len(names) >= 2 and all(f">{html.escape(name)}</a>" in pages["runs"][1] for name in names)
+    pushed = sorted(r.version for r in versions(config.output.store, config.name, config.serving_model_dir))
     assert pushed == list_versions(config.serving_model_dir)
-    assert all(f'<a href="/models/{v}">{v}</a>' in pages["models"] for v in pushed)
+    assert all(f'<a href="/models/{v}">{v}</a>' in pages["models"][1] for v in pushed)
 
 
 @pytest.mark.parametrize("server", ["postgresql"], indirect=True)
@@ -494,8 +509,7 @@ def test_predict_on_the_shared_store_names_the_run_that_pushed_the_version(pg_ru
     assert main(["predict", *args, "--version", version, "--output", str(tmp_path / "scored")]) == 0
     said = capsys.readouterr().out
     assert re.search(r"^  scored +50$", said, re.M) and re.search(r"^  rejected +0$", said, re.M), said
-    run = pipeline_runs(open_store(config.output.store), config.name)[0].name
-    assert f"by run {run} ({server.url()})" in said, said
+    assert f"by run {first.summary.run_id} ({server.url()})" in said, said
 
 
 @pytest.mark.parametrize("server", ["postgresql"], indirect=True)
@@ -525,7 +539,8 @@ def test_monitor_on_the_shared_store_finds_training_statistics_through_its_linea
     result = json.loads(said)
     assert result["verdict"] == "clean" and result["findings"] == [] and result["version"] == int(version_dir.name)
     assert result["sampling"]["examples"] == 120
+    # The server also holds runs copied from elsewhere (test_metadata_copy_...): the pushing run is named by its id.
     store = open_store(config.output.store)
-    made = run_executions(store, pipeline_runs(store, config.name)[0], config.name)["StatisticsGen"]
-    statistics = made.output("statistics").uri
-    assert result["training_statistics"].startswith(f"run {pipeline_runs(store, config.name)[0].name}: {statistics}")
+    pushing = next(run for run in pipeline_runs(store, config.name) if run.name == first.summary.run_id)
+    statistics = run_executions(store, pushing, config.name)["StatisticsGen"].output("statistics").uri
+    assert result["training_statistics"].startswith(f"run {pushing.name}: {statistics}")
