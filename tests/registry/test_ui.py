@@ -323,13 +323,18 @@ def _inner(body: str, element_id: str) -> str:
     return html.unescape(match.group(1))
 
 
-def test_run_page_graph_follows_ml_metadata_events_and_summary_is_runs_show(ui, e2e_config, capsys):
+def test_run_page_graph_follows_ml_metadata_events_and_summary_is_runs_show(ui, e2e_config, two_runs, capsys):
     from ml_metadata.proto import metadata_store_pb2
 
     store = open_store(e2e_config.output.store)
     args = ["--config", e2e_config.source, "--output-dir", str(output_dir_of(e2e_config))]
     states = set()
-    for run, executions, summary in runs(e2e_config.output.store, e2e_config.name)[:2]:
+    # The session's two runs (the first trains and pushes, the second is cached), whatever other test
+    # files in this test process added to the same store before (gate-stopped runs have no Trainer).
+    ours = {two_runs[0].summary.run_id, two_runs[2].summary.run_id}
+    listed = [r for r in runs(e2e_config.output.store, e2e_config.name) if r[0].name in ours]
+    assert len(listed) == 2
+    for run, executions, summary in listed:
         _, body = fetch(f"{ui}/runs/{urllib.parse.quote(run.name)}")
         # Every execution is a node, with the state ML Metadata recorded (cached ones as cached).
         nodes = dict(re.findall(r'<g class="node" data-node="([^"]+)" data-state="([^"]+)"', body))
