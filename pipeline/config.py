@@ -11,6 +11,13 @@ from typing import Any, Optional
 
 import yaml
 
+from pipeline.config_checks import TOP_KEYS as _TOP_KEYS
+from pipeline.config_checks import ConfigError
+from pipeline.config_checks import check_keys as _check_keys
+from pipeline.config_checks import positive as _positive
+from pipeline.config_checks import typed as _typed
+from pipeline.config_predict import parse_predict
+from pipeline.config_serve import SERVING_KEYS, serve_settings
 from pipeline.metadata import MetadataStore
 
 FEATURE_KINDS = ("numeric", "categorical_string", "categorical_int", "bucketized", "hashed")
@@ -37,16 +44,6 @@ SPAN_PATTERN = "span-{SPAN}/*.csv"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _FEATURE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown, of the wrong type or out of range."""
-
-    def __init__(self, key: str, problem: str, source: Optional[str] = None):
-        where = f"{source}: " if source else ""
-        super().__init__(f"{where}config key '{key}': {problem}")
-        self.key = key
-        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -251,41 +248,6 @@ def task_from_component_config(custom_config: Mapping[str, Any]) -> tuple[str, t
 # Parsing
 
 
-def _check_keys(data: Mapping[str, Any], allowed: set[str], required: set[str], prefix: str) -> None:
-    if not isinstance(data, Mapping):
-        raise ConfigError(prefix or "<top level>", f"must be a mapping, got {type(data).__name__}")
-    for key in data:
-        if key not in allowed:
-            known = ", ".join(sorted(allowed))
-            raise ConfigError(f"{prefix}{key}", f"unknown key (known keys here: {known})")
-    for key in sorted(required):
-        if key not in data:
-            raise ConfigError(f"{prefix}{key}", "is required but missing")
-
-
-def _typed(value: Any, kind: type | tuple[type, ...], key: str) -> Any:
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, bool) and kind is not bool:
-        raise ConfigError(key, f"must be {_kind_name(kind)}, got a boolean")
-    if not isinstance(value, kind):
-        raise ConfigError(key, f"must be {_kind_name(kind)}, got {type(value).__name__} {value!r}")
-    return value
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def _positive(value: Any, key: str, kind: type = int, minimum: float = 1) -> Any:
-    value = _typed(value, kind, key)
-    if value < minimum:
-        raise ConfigError(key, f"must be at least {minimum}, got {value}")
-    return value
-
-
 def _parse_features(raw: Any) -> tuple[FeatureConfig, ...]:
     if not isinstance(raw, list) or not raw:
         raise ConfigError("features", "must be a non-empty list of {name, kind} entries")
@@ -411,25 +373,6 @@ def _parse_task(raw: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
     return task, classes
 
 
-_TOP_KEYS = {
-    "name",
-    "task",
-    "classes",
-    "data",
-    "label",
-    "schema",
-    "features",
-    "model",
-    "training",
-    "evaluation",
-    "serving",
-    "beam",
-    "kubeflow",
-    "metadata",
-    "predict",
-}
-
-
 def _parse_metadata(raw: Mapping[str, Any], override: Optional[str]) -> Optional[MetadataStore]:
     """The `metadata:` section ({url, password_env}); `override` (--metadata) wins over its url."""
     _check_keys(raw, {"url", "password_env", "lock_wait"}, set(), "metadata.")
@@ -496,7 +439,6 @@ def parse_config(
         features = _parse_features(raw["features"])
         if label in {f.name for f in features}:
             raise ConfigError("label", f"'{label}' is also listed as a feature")
-        from pipeline.config_serve import SERVING_KEYS, serve_settings
 
         _check_keys(raw["serving"], SERVING_KEYS, {"model_name"}, "serving.")
         serve_settings(raw["serving"], base)  # `conveyor run` refuses what `conveyor serve` would
@@ -516,7 +458,6 @@ def parse_config(
         unknown = slice_cols - {f.name for f in features}
         if unknown:
             raise ConfigError("evaluation.slices", f"slice column(s) {sorted(unknown)} are not configured features")
-        from pipeline.config_predict import parse_predict
 
         return PipelineConfig(
             name=name,

@@ -1,6 +1,6 @@
 """The config's `predict:` section: data the pipeline's BatchPredict stage scores with each newly pushed version.
 
-At the ground beside pipeline.config (which parses it through `parse_predict`), importing only that module.
+At the ground beside pipeline.config (which parses it through `parse_predict`), importing only pipeline.config_checks.
 """
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from pipeline.config import ConfigError, _check_keys, _typed
+from pipeline.config_checks import ConfigError
+from pipeline.config_checks import check_keys as _check_keys
+from pipeline.config_checks import typed as _typed
 
 PREDICT_FORMATS = ("csv", "tfrecord", "parquet")
 

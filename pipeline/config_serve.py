@@ -2,7 +2,7 @@
 runs where the training data and the curated schema are absent, so this reads no data root.
 
 At the ground beside pipeline.config (which checks the same keys through `serve_settings`), importing only
-that module.
+pipeline.config_checks.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ from typing import Any, Optional
 
 import yaml
 
-from pipeline.config import _TOP_KEYS, ConfigError, _check_keys, _typed
+from pipeline.config_checks import TOP_KEYS as _TOP_KEYS
+from pipeline.config_checks import ConfigError
+from pipeline.config_checks import check_keys as _check_keys
+from pipeline.config_checks import typed as _typed
 
 SERVING_KEYS = {"model_name", "keep_versions", "request_log_rate", "request_log_dir"}
 
