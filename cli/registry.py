@@ -117,14 +117,16 @@ def cmd_models_card(args: argparse.Namespace) -> int:
 
 
 def cmd_models_rollback(args: argparse.Namespace) -> int:
-    from pipeline.runner import RunLocked, output_lock
+    from pipeline.metadata import MetadataUnavailable
+    from pipeline.runner import RunLocked, registry_write_lock
+    from pipeline.store_lock import StoreLocked
     from registry.versions import rollback
 
     config = _config(args)
     try:
-        with output_lock(Path(config.output.metadata_path).parent):
+        with registry_write_lock(config):
             restored, new = rollback(config.output.store, config.name, config.serving_model_dir, args.to)
-    except (ValueError, FileNotFoundError, RunLocked) as err:
+    except (ValueError, FileNotFoundError, RunLocked, StoreLocked, MetadataUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     print(f"rolled back: version {restored} is served again as version {new} ({config.serving_model_dir}/{new})")

@@ -23,16 +23,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def rollback_action(config):
-    """What the UI's rollback button does: `conveyor models rollback --to V`, under the same output lock."""
-    from pipeline.runner import RunLocked, output_lock
+    """What the UI's rollback button does: `conveyor models rollback --to V`, under the same locks."""
+    from pipeline.metadata import MetadataUnavailable
+    from pipeline.runner import RunLocked, registry_write_lock
+    from pipeline.store_lock import StoreLocked
     from registry.ui import ActionRefused
     from registry.versions import rollback
 
     def roll_back(to: int) -> tuple[int, int]:
         try:
-            with output_lock(Path(config.output.metadata_path).parent):
+            with registry_write_lock(config):
                 return rollback(config.output.store, config.name, config.serving_model_dir, to)
-        except (ValueError, FileNotFoundError, RunLocked) as err:
+        except (ValueError, FileNotFoundError, RunLocked, StoreLocked, MetadataUnavailable) as err:
             raise ActionRefused(str(err)) from None
 
     return roll_back

@@ -72,6 +72,23 @@ def output_lock(output_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def registry_write_lock(config: PipelineConfig) -> Iterator[None]:
+    """What a run holds while it writes the registry and the serving directory, for every other writer
+    (`conveyor models rollback`, the UI's rollback): the output directory's lock, then, on a shared ML
+    Metadata store, the store's lock for this pipeline (waiting `metadata.lock_wait` seconds).
+
+    Raises:
+      RunLocked: another process holds the output directory.
+      StoreLocked: a run of this pipeline holds the shared store, from this or any other checkout.
+      MetadataUnavailable: the shared store cannot be reached or locked.
+    """
+    # The output directory: where the local ML Metadata file would be (it is set with a shared store too).
+    with output_lock(Path(config.output.metadata_path).parent):
+        with store_lock(config.output.store, config.name, config.output.lock_wait):
+            yield
+
+
 class _Progress(logging.Handler):
     """Turns LocalDagRunner's log lines into one line per component with its wall time."""
 

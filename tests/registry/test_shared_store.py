@@ -126,6 +126,19 @@ def test_a_second_checkout_is_refused_while_a_run_holds_the_servers_lock(pg_runs
     assert not (tmp_path / "other" / "pipeline_root").exists(), "nothing ran"
 
 
+def test_a_rollback_is_refused_while_a_run_holds_the_servers_lock(pg_runs, server, capsys):
+    """`conveyor models rollback` (and the UI's rollback, the same code) writes the registry and the serving
+    directory as a run does, so it takes the store's lock too: refused, naming the holder, nothing rolled back."""
+    config, *_ = pg_runs
+    before = list_versions(config.serving_model_dir)
+    args = ["--config", config.source, "--output-dir", str(Path(config.output.metadata_path).parent)]
+    with store_lock(config.output.store, config.name):
+        code = main(["models", "rollback", *args, "--metadata", server.url()])
+    assert code == 2
+    assert f"pipeline '{config.name}' is being run against {server.url()}" in capsys.readouterr().err
+    assert list_versions(config.serving_model_dir) == before
+
+
 def test_a_killed_run_releases_the_lock(pg_runs, server):
     config, *_ = pg_runs
     script = (
