@@ -68,10 +68,6 @@ def write_record(directory: str, name: str, record: dict) -> None:
     tf.io.gfile.rename(staging, path, overwrite=True)
 
 
-def is_placeholder(artifact) -> bool:
-    return bool(artifact.has_custom_property(PLACEHOLDER) and artifact.get_int_custom_property(PLACEHOLDER))
-
-
 def _placeholder(artifact, why: str) -> None:
     artifact.set_int_custom_property(PLACEHOLDER, 1)
     log.info("%s", why)

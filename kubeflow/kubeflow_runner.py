@@ -120,6 +120,9 @@ def compile_pipeline(config: PipelineConfig, output_file: str | Path) -> Path:
 
     Returns:
       The path written.
+
+    Raises:
+      NotRunnable: the file would break a rule of the open-source KFP backend (kubeflow/open_source_kfp.py).
     """
     from tfx import v1 as tfx
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
@@ -223,7 +226,13 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    path = compile_pipeline(config, args.output)
+    from kubeflow.open_source_kfp import NotRunnable
+
+    try:
+        path = compile_pipeline(config, args.output)
+    except NotRunnable as err:
+        print(f"error: the compiled pipeline would not run on open-source Kubeflow Pipelines: {err}", file=sys.stderr)
+        return 2
     print(f"compiled pipeline '{config.name}' for Kubeflow Pipelines: {path}")
     print(f"  image {config.kubeflow.image}; Beam args {' '.join(config.beam_args) or '(none)'}")
     layout = f"newest {SPAN_PATTERN} per run" if config.span_pattern else "every CSV under it"

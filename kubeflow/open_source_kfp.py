@@ -48,17 +48,15 @@ def _executor_class(args: list[str]) -> str:
 def adapt(spec: dict[str, Any]) -> dict[str, Any]:
     """KubeflowV2DagRunner's PipelineSpec (as a dict), changed in place to run on open-source KFP.
 
+    Executors other than containers are left as they are, for `check` to name.
+
     Raises:
-      NotRunnable: an executor the backend cannot run remains (a TFX resolver), or a container runs
-        something other than TFX's entrypoint.
+      NotRunnable: a container runs something other than TFX's entrypoint.
     """
     executors = spec["deploymentSpec"]["executors"]
     component_of = {c["executorLabel"]: c for c in spec["components"].values() if "executorLabel" in c}
     uncached = set()
     for label, executor in executors.items():
-        kind = next(iter(executor))
-        if kind not in RUNNABLE_EXECUTORS:
-            raise NotRunnable(f"executor {label} is a {kind}; open-source KFP runs only {RUNNABLE_EXECUTORS}")
         container = executor.get("container")
         if container is None:
             continue
@@ -76,13 +74,9 @@ def adapt(spec: dict[str, Any]) -> dict[str, Any]:
         container["command"] = list(ENTRYPOINT)
         container["args"] = args
     for task in spec["root"]["dag"]["tasks"].values():
-        if component_of_task(spec, task).get("executorLabel") in uncached:
+        if spec["components"][task["componentRef"]["name"]].get("executorLabel") in uncached:
             task["cachingOptions"] = {}
     return spec
-
-
-def component_of_task(spec: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
-    return spec["components"][task["componentRef"]["name"]]
 
 
 def check(spec: dict[str, Any]) -> list[str]:

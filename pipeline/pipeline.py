@@ -202,12 +202,13 @@ def _state_dir(config: PipelineConfig) -> str:
     return state_dir(config.output.pipeline_root, config.name)
 
 
-def _previous_statistics(config: PipelineConfig, statistics_gen):
-    """The previous run's statistics, for the data gate's drift check: locally a resolver that runs
-    before this run's StatisticsGen (so the latest statistics are the previous run's); on the
-    cluster the artifact-store record, read and replaced after this run's StatisticsGen."""
+def _previous_statistics(config: PipelineConfig, statistics_gen) -> tuple:
+    """The previous run's statistics, for the data gate's drift check, as (node, channel): locally a
+    resolver that runs before this run's StatisticsGen (so the latest statistics are the previous
+    run's); on the cluster the artifact-store record, read and replaced after this run's StatisticsGen."""
     if not config.resolve_from_metadata:
-        return PreviousStatistics(statistics=statistics_gen.outputs["statistics"], state_dir=_state_dir(config))
+        node = PreviousStatistics(statistics=statistics_gen.outputs["statistics"], state_dir=_state_dir(config))
+        return node, node.outputs["previous_statistics"]
     resolver = Resolver(
         strategy_class=LatestArtifactStrategy,
         statistics=Channel(
@@ -216,7 +217,7 @@ def _previous_statistics(config: PipelineConfig, statistics_gen):
             output_key="statistics",
         ),
     ).with_id("previous_statistics_resolver")
-    return resolver
+    return resolver, resolver.outputs["statistics"]
 
 
 def _predict_nodes(config: PipelineConfig, pusher, schema) -> list:
@@ -291,7 +292,7 @@ def create_pipeline(config: PipelineConfig, data_stages_only: bool = False) -> P
     """
     example_gen = _example_gen(config)
     statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"])
-    previous_statistics = _previous_statistics(config, statistics_gen)
+    previous_statistics, previous = _previous_statistics(config, statistics_gen)
     schema_gen = SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
     import_schema_gen = ImportSchemaGen(schema_file=config.schema_path)
     example_validator = ExampleValidator(
@@ -302,9 +303,7 @@ def create_pipeline(config: PipelineConfig, data_stages_only: bool = False) -> P
         anomalies=example_validator.outputs["anomalies"],
         statistics=statistics_gen.outputs["statistics"],
         schema=import_schema_gen.outputs["schema"],
-        previous_statistics=previous_statistics.outputs[
-            "statistics" if config.resolve_from_metadata else "previous_statistics"
-        ],
+        previous_statistics=previous,
         **({"serving_statistics": serving_statistics} if serving_statistics is not None else {}),
         **({"serving_request_logs": config.serving_request_logs} if config.serving_request_logs else {}),
     )

@@ -97,7 +97,7 @@ def SafePusher(
         return
     identity = inputs_identity(
         examples.span,
-        examples.get_int_custom_property("version") if examples.has_custom_property("version") else None,
+        examples.version,
         examples.get_string_custom_property("input_fingerprint"),
         os.path.join(schema.uri, SCHEMA_FILE),
         saved_model,

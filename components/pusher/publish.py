@@ -37,9 +37,7 @@ def training_fingerprint(saved_model_dir: str | Path) -> Optional[str]:
 INPUTS_FILE = "conveyor_inputs.json"
 
 
-def inputs_identity(
-    span: int, version: Optional[int], data_fingerprint: str, schema_file: str, saved_model: str
-) -> str:
+def inputs_identity(span: int, version: int, data_fingerprint: str, schema_file: str, saved_model: str) -> str:
     """What a model was made from, by content: the span, version and ExampleGen's fingerprint of the
     input files, the curated schema's bytes and the training config (as run_fn recorded it). Paths do
     not enter, so a cluster re-run of unchanged data, whose artifacts all have new URIs, has the same

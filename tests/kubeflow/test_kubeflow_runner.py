@@ -293,3 +293,24 @@ def test_local_only_paths_are_refused_for_kubeflow_naming_the_key(changes, key):
     facts = KubeflowConfig(pipeline_root="gs://b/r", data_root="gs://b/d", serving_root="/serving", image=IMAGE)
     with pytest.raises(ValueError, match=f"^{key} is .* the cluster's pods cannot read"):
         cluster_config(config, facts)
+
+
+def test_the_backend_rules_name_what_open_source_kfp_would_refuse(compiled):
+    """The check is live: a resolver executor, a lifecycle hook, another schema version and a bad name."""
+    import copy
+
+    from kubeflow import open_source_kfp
+
+    _, _, _, spec = compiled
+    broken = copy.deepcopy(spec)
+    broken["schemaVersion"] = "2.0.0"
+    broken["pipelineInfo"]["name"] = "Taxi_Pipeline"
+    executors = broken["deploymentSpec"]["executors"]
+    executors["a_resolver_executor"] = {"resolver": {"outputArtifactQueries": {}}}
+    executors["CsvExampleGen_executor"]["container"]["lifecycle"] = {"preCacheCheck": {"command": ["python"]}}
+    problems = open_source_kfp.check(broken)
+    assert len(problems) == 4, problems
+    assert any("a_resolver_executor is a resolver" in p for p in problems)
+    assert any("CsvExampleGen_executor relies on a lifecycle hook" in p for p in problems)
+    assert any("accepts only 2.1.0" in p for p in problems)
+    assert any("'Taxi_Pipeline'" in p for p in problems)

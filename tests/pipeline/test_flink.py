@@ -134,7 +134,10 @@ def _flink_jar() -> Path:
     if result.returncode == 0:
         return Path(result.stdout.strip().splitlines()[-1])
     if "Maven Central answered HTTP 404" in result.stderr:
-        pytest.skip(result.stderr.strip())
+        # The one thing this run needs from outside: without Beam's job server there is no Flink to run on.
+        pytest.skip(
+            f"Beam's Flink job server cannot be downloaded here, so nothing can run on Flink: {result.stderr.strip()}"
+        )
     pytest.fail(result.stderr.strip())
 
 
@@ -147,7 +150,9 @@ def test_every_beam_component_on_flink_pushes_a_model_and_counts_as_in_memory(re
     from tests.conftest import TAXI_CONFIG
 
     if engines.java() is None and os.environ.get("CI") != "true":
-        pytest.skip("java is not installed: `apt-get install openjdk-17-jre-headless`")
+        pytest.skip(
+            "Flink runs on Java, which is not installed: `apt-get install openjdk-17-jre-headless` (.ci/run does)"
+        )
     jar = _flink_jar()
     flink = load_config(TAXI_CONFIG, output_dir=tmp_path / "flink", data_root=e2e_config.data_root).replace(
         training=e2e_config.training, evaluation=e2e_config.evaluation, features=e2e_config.features
