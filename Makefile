@@ -46,7 +46,9 @@ unit: $(STAMP)
 # Build and push the Kubeflow pipeline image (needs a Docker engine; not run in tests).
 IMAGE ?= ghcr.io/conveyor-ml/conveyor:latest
 image:
-	docker build -f kubeflow/Dockerfile -t $(IMAGE) .
+	docker build -f kubeflow/Dockerfile -t $(IMAGE) \
+	  --build-arg GIT_COMMIT=$$(git rev-parse HEAD) \
+	  --build-arg GIT_DIRTY=$$(if [ -n "$$(git status --porcelain)" ]; then echo yes; else echo no; fi) .
 	docker push $(IMAGE)
 
 # Beam's Flink job-server jar for `conveyor run --engine flink`, into ~/.cache/conveyor (needs Java).

@@ -96,7 +96,7 @@ def cmd_models_show(args: argparse.Namespace) -> int:
         known = ", ".join(map(str, sorted(records))) or "none"
         print(f"error: version {args.version} was never pushed to {model_dir} (versions: {known})", file=sys.stderr)
         return EXIT_USAGE
-    print("\n".join(describe(records[args.version], config)))
+    print("\n".join(describe(records[args.version], config.model_name)))
     print("\n".join(version_lines(args.output_dir, None, config.model_name, args.version)))
     return EXIT_OK
 

@@ -33,6 +33,17 @@ def container_path(path: str) -> str:
     return f"{CONTAINER_ROOT}/{relative.as_posix()}"
 
 
+def _compiled_from(source: Optional[str]) -> Optional[str]:
+    """The config file as the run's provenance names it: its path in the image, or its name when the
+    image does not hold it (the compiled file has every value of it)."""
+    if not source:
+        return source
+    try:
+        return container_path(source)
+    except ValueError:
+        return f"{Path(source).name} (compiled in; not in the image)"
+
+
 def kfp_safe_name(name: str) -> str:
     """KFP pipeline and task names: lower-case letters, digits and '-', starting with a letter."""
     safe = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
@@ -102,6 +113,7 @@ def cluster_config(config: PipelineConfig, overrides: Optional[KubeflowConfig] =
         span_pattern=span_pattern,
         span=None,  # a compiled pipeline reads the newest span on every run
         schema_path=container_path(config.schema_path),
+        source=_compiled_from(config.source),
         output=OutputConfig(pipeline_root=facts.pipeline_root, serving_root=facts.serving_root, metadata_path=None),
         beam_args=facts.beam_args or config.beam_args,
         kubeflow=facts,
@@ -157,23 +169,27 @@ def compile_pipeline(config: PipelineConfig, output_file: str | Path) -> Path:
 
 # The node that writes into the serving root.
 PUSHER = "SafePusher"
+# Every node that reads or writes the serving root: the pusher, the model card it writes into the
+# pushed version (registry.card_gen), and batch scoring with the pushed version.
+SERVING_ROOT_NODES = (PUSHER, "ModelCardGen", "BatchPredict")
 
 
 def _mount_serving_volume(path: Path, pvc: str, mount_path: str) -> None:
     """Adds KFP's Kubernetes platform spec to the pipeline file (a second YAML document, as the KFP
-    SDK's kfp-kubernetes extension writes it): the pusher's pod mounts the claim at the serving root."""
+    SDK's kfp-kubernetes extension writes it): the pods of SERVING_ROOT_NODES mount the claim at the
+    serving root."""
     import yaml
 
     spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    component = spec["root"]["dag"]["tasks"][PUSHER]["componentRef"]["name"]
-    executor = spec["components"][component]["executorLabel"]
-    platform = {
-        "platforms": {
-            "kubernetes": {
-                "deploymentSpec": {"executors": {executor: {"pvcMount": [{"constant": pvc, "mountPath": mount_path}]}}}
-            }
+    tasks = spec["root"]["dag"]["tasks"]
+    executors = {
+        spec["components"][tasks[node]["componentRef"]["name"]]["executorLabel"]: {
+            "pvcMount": [{"constant": pvc, "mountPath": mount_path}]
         }
+        for node in SERVING_ROOT_NODES
+        if node in tasks
     }
+    platform = {"platforms": {"kubernetes": {"deploymentSpec": {"executors": executors}}}}
     with open(path, "a", encoding="utf-8") as f:
         f.write("---\n")
         yaml.safe_dump(platform, f, sort_keys=True)
@@ -238,7 +254,8 @@ def main(args: argparse.Namespace) -> int:
     layout = f"newest {SPAN_PATTERN} per run" if config.span_pattern else "every CSV under it"
     print(f"  data {config.data_root}: {layout} (kubeflow.data_layout / --data-layout to change)")
     if config.kubeflow.serving_pvc:
-        print(f"  {PUSHER} mounts PersistentVolumeClaim {config.kubeflow.serving_pvc} at {config.output.serving_root}")
+        nodes = ", ".join(SERVING_ROOT_NODES[: 3 if config.predict is not None else 2])
+        print(f"  {nodes} mount PersistentVolumeClaim {config.kubeflow.serving_pvc} at {config.output.serving_root}")
     else:
         print(f"  no volume mounted at {config.output.serving_root}: pass --serving-pvc (kubeflow/README.md, Serving)")
     return 0

@@ -236,7 +236,40 @@ def _predict_nodes(config: PipelineConfig, pusher, schema) -> list:
     ]
 
 
-def _model_nodes(config: PipelineConfig, example_gen, import_schema_gen, transform) -> list:
+def _card_node(config: PipelineConfig, upstream: dict, latest_blessed):
+    """ModelCardGen after the push: the version's model card and provenance, from this run's artifacts.
+
+    On the cluster, Kubeflow's driver fills in the run's name and id (registry.card_gen.KFP_RUN_*);
+    locally the run is the ML Metadata context the execution belongs to, so nothing run-specific is
+    passed and an unchanged re-run is served from cache like the push it follows.
+    """
+    from tfx.utils import proto_utils
+
+    from registry.card_gen import KFP_RUN_ID, KFP_RUN_NAME, ModelCardGen
+
+    trainer = {
+        "custom_config": config.component_config(),
+        "train_args": {"num_steps": config.training.train_steps},
+        "eval_args": {"num_steps": config.training.eval_steps},
+    }
+    cluster = not config.resolve_from_metadata
+    return ModelCardGen(
+        **upstream,
+        base_model=latest_blessed.outputs["model"],
+        model_name=config.model_name,
+        trainer_config=json.dumps(trainer, sort_keys=True),
+        eval_config=proto_utils.proto_to_json(
+            eval_config(config.label, config.evaluation, config.task, config.classes)
+        ),
+        schema_file=config.schema_path,
+        slice_features=json.dumps(sorted({f for cols in config.evaluation.slices for f in cols})),
+        config_source=config.source or "",
+        pipeline_run=KFP_RUN_ID if cluster else "",
+        started_by=KFP_RUN_NAME if cluster else "",
+    )
+
+
+def _model_nodes(config: PipelineConfig, example_gen, statistics_gen, import_schema_gen, transform) -> list:
     """The latest blessed model, Trainer, Evaluator and SafePusher (and on the cluster, the record of a
     newly blessed model)."""
     component_config = config.component_config()
@@ -266,7 +299,22 @@ def _model_nodes(config: PipelineConfig, example_gen, import_schema_gen, transfo
         keep_versions=config.keep_versions,
     )
     schema = import_schema_gen.outputs["schema"]
-    nodes = [latest_blessed, trainer, evaluator, pusher, *_predict_nodes(config, pusher, schema)]
+    card = _card_node(
+        config,
+        {
+            "pushed_model": pusher.outputs["pushed_model"],
+            "model": trainer.outputs["model"],
+            "model_blessing": evaluator.outputs["blessing"],
+            "evaluation": evaluator.outputs["evaluation"],
+            "examples": example_gen.outputs["examples"],
+            "training_examples": transform.inputs["examples"],
+            "transformed_examples": transform.outputs["transformed_examples"],
+            "statistics": statistics_gen.outputs["statistics"],
+            "schema": schema,
+        },
+        latest_blessed,
+    )
+    nodes = [latest_blessed, trainer, evaluator, pusher, card, *_predict_nodes(config, pusher, schema)]
     if not config.resolve_from_metadata:
         nodes.append(
             RecordBlessedModel(
@@ -322,7 +370,9 @@ def create_pipeline(config: PipelineConfig, data_stages_only: bool = False) -> P
         force_tf_compat_v1=True,
     )
     transform.add_upstream_node(data_gate)
-    model_nodes = [] if data_stages_only else _model_nodes(config, example_gen, import_schema_gen, transform)
+    model_nodes = (
+        [] if data_stages_only else _model_nodes(config, example_gen, statistics_gen, import_schema_gen, transform)
+    )
     store = config.output.store
     metadata = store.connection_config() if store is not None else None
     return Pipeline(

@@ -307,8 +307,6 @@ def run_local(config: PipelineConfig, progress_out: TextIO, log_dir: Optional[Pa
         store = open_store(config.output.store)
         run = pipeline_runs(store, config.name)[-1]
         summary = summarize(run.name, run_executions(store, run, config.name), store, config.name)
-        if summary.pushed_to:
-            summary.card = _write_card(config, summary)
     return RunResult(summary, log_path)
 
 
@@ -319,20 +317,3 @@ def _is_metadata_error(err: BaseException) -> bool:
     if isinstance(err, errors.StatusError):
         return True
     return isinstance(err, RuntimeError) and "Failed to establish connection to Metadata storage" in str(err)
-
-
-def _write_card(config: PipelineConfig, summary) -> str:
-    """The pushed version's model card; a failure here is reported, never undoes the push."""
-    from registry.model_card import write_card
-    from registry.versions import versions
-
-    version = int(Path(summary.pushed_to).name)
-    try:
-        record = next(
-            r for r in versions(config.output.store, config.name, config.serving_model_dir) if r.version == version
-        )
-        html_path, _ = write_card(record, config)
-    except Exception as err:  # noqa: BLE001 - the model is pushed; the card is reported as missing
-        logging.exception("model card failed")
-        return f"not written ({type(err).__name__}: {err}); retry with `conveyor models card {version}`"
-    return str(html_path)

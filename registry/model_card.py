@@ -432,7 +432,27 @@ def write_card(record, config, version_dir: Optional[str] = None) -> tuple[Path,
 
     Args:
       record: a registry.versions.VersionRecord with its executions.
-      config: the PipelineConfig (label and features).
+      config: the PipelineConfig (the model's name, the evaluation's slices; label and features for a
+        version with no Trainer on record).
+      version_dir: where the version lives (default: the recorded push destination).
+
+    Returns:
+      (html path, markdown path).
+    """
+    slices = tuple(sorted({f for cols in config.evaluation.slices for f in cols}))
+    return render_card(record, config.model_name, slices, _trained_with(record, config), version_dir)
+
+
+def render_card(
+    record, model_name: str, slice_features: tuple[str, ...], trained_with: tuple, version_dir: Optional[str] = None
+) -> tuple[Path, Path]:
+    """write_card from what the card needs alone, as the pipeline's ModelCardGen has it (registry.card_gen).
+
+    Args:
+      record: a registry.versions.VersionRecord with its executions.
+      model_name: the served model's name.
+      slice_features: the features the evaluation is sliced by.
+      trained_with: (label, features, task, classes) of the model.
       version_dir: where the version lives (default: the recorded push destination).
 
     Returns:
@@ -444,8 +464,8 @@ def write_card(record, config, version_dir: Optional[str] = None) -> tuple[Path,
 
     version_dir = Path(version_dir or record.destination)
     ex = record.executions
-    lines = describe(record, config)
-    label, features, task, classes = _trained_with(record, config)
+    lines = describe(record, model_name)
+    label, features, task, classes = trained_with
     headline = HEADLINES[task]
     records = _eval_examples(ex["CsvExampleGen"].output("examples").uri)
     model = tf.saved_model.load(str(version_dir))
@@ -466,7 +486,7 @@ def write_card(record, config, version_dir: Optional[str] = None) -> tuple[Path,
     slices = _slice_metric(by_slice, headline.tfma_name)
     undefined = {}
     if task == "binary":  # AUC needs both classes in a slice
-        undefined = one_class_slices(records, labels, sorted({f for cols in config.evaluation.slices for f in cols}))
+        undefined = one_class_slices(records, labels, list(slice_features))
     counts = _slice_counts(by_slice)
     images = charts(Scored(labels, scores), slices, bounds, importance, task, classes, counts, undefined)
     what = "lost" if headline.higher_is_better else "added"
@@ -481,7 +501,7 @@ def write_card(record, config, version_dir: Optional[str] = None) -> tuple[Path,
 
     out_dir = version_dir / CARD_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    title = f"Model card: {config.model_name} version {record.version}"
+    title = f"Model card: {model_name} version {record.version}"
     body = "".join(
         f'<figure><img alt="{html.escape(t)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
         f"<figcaption>{html.escape(t)}</figcaption></figure>"

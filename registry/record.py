@@ -12,6 +12,8 @@ from registry.summary import from_files, metric_label
 from registry.versions import VersionRecord
 
 TRAINING_RECORD = os.path.join("assets.extra", "conveyor_training.json")
+# Who and what made a version, in the order shown (registry.runs.provenance, registry.card_gen).
+PROVENANCE_SHOWN = ("user", "started_by", "git_commit", "git_dirty", "config", "pipeline_run")
 
 
 def exec_property(node: NodeExecution, name: str) -> Optional[str]:
@@ -141,21 +143,22 @@ def _sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def describe(record: VersionRecord, config) -> list[str]:
-    """The lines `conveyor models show VERSION` prints."""
+def describe(record: VersionRecord, model_name: str) -> list[str]:
+    """The lines `conveyor models show VERSION` prints (and a model card holds)."""
     s, ex = record.summary, record.executions
     out = [
-        f"version {record.version} of model '{config.model_name}'",
+        f"version {record.version} of model '{model_name}'",
         f"  pushed at: {record.pushed_at} to {record.destination}",
     ]
     if record.rollback_of:
         out.append(f"  rollback of version {record.rollback_of}")
     out.append(f"  run: {record.run_id}")
-    for key in ("user", "git_commit", "git_dirty", "config"):
+    for key in PROVENANCE_SHOWN:
         if key in record.provenance:
-            label = {"git_dirty": "uncommitted changes"}.get(key, key.replace("_", " "))
+            label = {"git_dirty": "uncommitted changes", "pipeline_run": "pipeline run"}.get(key, key.replace("_", " "))
             out.append(f"  {label}: {record.provenance[key]}")
-    if ex:
+    # A record made inside the pipeline (registry.card_gen) knows no component's times: ML Metadata has them.
+    if ex and any(created_ms(node.execution) for node in ex.values()):
         out.append("  components (UTC start - end, state):")
         for node_id, node in ex.items():
             start, end = _ms(created_ms(node.execution)), _ms(updated_ms(node.execution))

@@ -6,6 +6,7 @@ A *run* is a `pipeline_run` context in ML Metadata. Nothing here keeps its own c
 from __future__ import annotations
 
 import getpass
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,21 @@ ERROR_KEY = "conveyor_error"
 
 
 def provenance(context: metadata_store_pb2.Context) -> dict:
+    """Who ran a run, from which code, as the local runner records it on the run's context."""
     return {k: custom_property(context, k) for k in PROVENANCE_KEYS if custom_property(context, k) is not None}
+
+
+# What the pipeline's ModelCardGen records of the run that made a version (registry.card_gen).
+CARD_PROVENANCE_KEYS = (*PROVENANCE_KEYS, "started_by", "pipeline_run")
+
+
+def card_provenance(card_gen: Optional[NodeExecution]) -> dict:
+    """The provenance ModelCardGen recorded on its `model_card` output (empty without one); it was made
+    inside the pipeline, so a cluster run has it too."""
+    card = card_gen.output("model_card") if card_gen is not None else None
+    if card is None:
+        return {}
+    return {k: custom_property(card, k) for k in CARD_PROVENANCE_KEYS if custom_property(card, k)}
 
 
 # The code a run executes is this project's, wherever `conveyor` was started from.
@@ -40,6 +55,28 @@ def _git(*args: str) -> str:
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
+# The image's build sets these (kubeflow/Dockerfile): a pod has the code but not its git checkout.
+IMAGE_COMMIT_ENV = "CONVEYOR_GIT_COMMIT"
+IMAGE_DIRTY_ENV = "CONVEYOR_GIT_DIRTY"
+
+
+def provenance_values(config_source: str) -> dict[str, str]:
+    """Who runs this process and which code: the user, the git commit (the image's, when it was built
+    with one), whether the checkout had uncommitted changes, and the config file."""
+    commit = os.environ.get(IMAGE_COMMIT_ENV, "")
+    if commit:
+        dirty = os.environ.get(IMAGE_DIRTY_ENV) or "unknown"
+    else:
+        commit = _git("rev-parse", "HEAD")
+        dirty = ("yes" if _git("status", "--porcelain") else "no") if commit else "unknown"
+    return {
+        "user": getpass.getuser(),
+        "git_commit": commit or "unknown (not a git checkout)",
+        "git_dirty": dirty,
+        "config": config_source or "",
+    }
+
+
 def record_provenance(
     store: str | MetadataStore, pipeline_name: str, config_source: str, error: Optional[tuple[str, str]] = None
 ) -> None:
@@ -53,14 +90,7 @@ def record_provenance(
     if not runs:
         return
     run = runs[-1]
-    commit = _git("rev-parse", "HEAD")
-    values = {
-        "user": getpass.getuser(),
-        "git_commit": commit or "unknown (not a git checkout)",
-        "git_dirty": ("yes" if _git("status", "--porcelain") else "no") if commit else "unknown",
-        "config": config_source or "",
-    }
-    for key, value in values.items():
+    for key, value in provenance_values(config_source).items():
         run.custom_properties[key].string_value = value
     store.put_contexts([run])
     if error is not None:

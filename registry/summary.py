@@ -266,7 +266,20 @@ def summarize(run_id: str, executions: dict[str, NodeExecution], store=None, pip
             done["Evaluator"], _classes(done.get("Trainer"))
         )
     _blessing_and_push(summary, done)
+    summary.card = _card(done.get("ModelCardGen"), summary)
     return summary
+
+
+def _card(card_gen: Optional[NodeExecution], summary: RunSummary) -> Optional[str]:
+    """The model card ModelCardGen wrote for the version this run pushed (registry.card_gen), or why not."""
+    card = card_gen.output("model_card") if card_gen is not None else None
+    if card is None or not summary.pushed_to:
+        return None
+    error = custom_property(card, "card_error")
+    if error:
+        version = os.path.basename(summary.pushed_to)
+        return f"not written ({error}); retry with `conveyor models card {version}`"
+    return custom_property(card, "card_html")
 
 
 def outcome_summary(run_id: str, executions: dict[str, NodeExecution]) -> RunSummary:

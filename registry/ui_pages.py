@@ -283,7 +283,7 @@ def version_page(
         body += compare_form(sorted(known), record.version, older if older is not None else max(known))
     if rollback_ok:
         body += f'<p><a href="/models/{record.version}/rollback">Roll back to version {record.version}&hellip;</a></p>'
-    body += f"<h2>Record</h2><pre id='record'>{e(chr(10).join(describe(record, config)))}</pre>"
+    body += f"<h2>Record</h2><pre id='record'>{e(chr(10).join(describe(record, config.model_name)))}</pre>"
     if card_html is not None:
         # sandbox: the card is shown, never run; srcdoc keeps it on this page without a second request.
         body += f'<h2>Model card</h2><iframe id="card" sandbox="" srcdoc="{e(card_html)}"></iframe>'

@@ -30,7 +30,7 @@ from registry.lineage import (
     pipeline_runs,
     run_executions,
 )
-from registry.runs import provenance
+from registry.runs import card_provenance, provenance
 from registry.summary import RunSummary, summarize
 
 ROLLBACK_TYPE = "conveyor.Rollback"
@@ -88,7 +88,7 @@ def versions(store: str | MetadataStore, pipeline_name: str, model_dir: str) -> 
         if run is not None:
             record.executions = run_executions(lineage, run, pipeline_name)
             record.summary = summarize(run.name, record.executions, lineage, pipeline_name)
-            record.provenance = provenance(run)
+            record.provenance = {**provenance(run), **card_provenance(record.executions.get("ModelCardGen"))}
             trainer = record.executions.get("Trainer")
             if trainer is not None and trainer.output("model") is not None:
                 record.training_spans = model_origin(lineage, trainer.output("model").id, pipeline_name)[1]

@@ -61,23 +61,32 @@ def task_order(spec: dict[str, Any]) -> list[str]:
     return done
 
 
-def _constant(value: Any) -> Any:
+def _constant(value: Any, run: dict[str, str]) -> Any:
+    """A parameter's constant as the driver resolves it: a whole-value run placeholder such as
+    `{{$.pipeline_job_uuid}}` becomes the run's value (resolve.go, `InputParameterSpec_RuntimeValue`)."""
+    if isinstance(value, str) and value in run:
+        return run[value]
     if isinstance(value, str) and value.startswith(CONTAINER_ROOT + "/"):
         return str(PROJECT_ROOT / value[len(CONTAINER_ROOT) + 1 :])
     return value
 
 
 def executor_input(
-    spec: dict[str, Any], name: str, recorded: dict[str, dict[str, list[dict]]], pipeline_root: str
+    spec: dict[str, Any],
+    name: str,
+    recorded: dict[str, dict[str, list[dict]]],
+    pipeline_root: str,
+    run: Optional[dict[str, str]] = None,
 ) -> dict[str, Any]:
-    """The ExecutorInput KFP's driver builds for task `name`, given the outputs recorded so far."""
+    """The ExecutorInput KFP's driver builds for task `name`, given the outputs recorded so far and the
+    run's placeholders (`{{$.pipeline_job_name}}` -> display name, `{{$.pipeline_job_uuid}}` -> id)."""
     task = spec["root"]["dag"]["tasks"][name]
     component = spec["components"][task["componentRef"]["name"]]
     parameters = {}
     for key, value in task.get("inputs", {}).get("parameters", {}).items():
         if "runtimeValue" not in value:
             raise ValueError(f"task {name} parameter {key}: only constants are resolved here, not {value}")
-        parameters[key] = _constant(value["runtimeValue"]["constant"])
+        parameters[key] = _constant(value["runtimeValue"]["constant"], run or {})
     artifacts = {}
     for key, value in task.get("inputs", {}).get("artifacts", {}).items():
         source = value["taskOutputArtifact"]
@@ -165,6 +174,8 @@ def execute(
       env: the environment of those processes.
     """
     spec = load_spec(spec_path)
+    # KFP names a run's root after the run's id; the display name is what a person typed.
+    run = {"{{$.pipeline_job_name}}": Path(pipeline_root).name, "{{$.pipeline_job_uuid}}": str(uuid.uuid4())}
     recorded: dict[str, dict[str, list[dict]]] = {}
     for name in task_order(spec):
         task = spec["root"]["dag"]["tasks"][name]
@@ -172,7 +183,7 @@ def execute(
         executor = spec["deploymentSpec"]["executors"][component["executorLabel"]]
         if "container" not in executor:
             raise ValueError(f"task {name}: {next(iter(executor))} executors are not run here (KFP runs no resolver)")
-        inputs = executor_input(spec, name, recorded, pipeline_root)
+        inputs = executor_input(spec, name, recorded, pipeline_root, run)
         run_task(executor["container"], inputs, name in subprocess_tasks, env or dict(os.environ))
         recorded[name] = _record(inputs, component.get("outputDefinitions", {}).get("artifacts", {}))
     return recorded

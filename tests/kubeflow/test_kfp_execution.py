@@ -2,6 +2,7 @@
 two runs of one compiled file over two spans, the second warm-started from and compared with the first."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,21 @@ def cluster(tmp_path_factory):
         ),
     )
     spec = compile_pipeline(config, root / "pipeline.yaml")
+    # What kubeflow/Dockerfile bakes into the image from `make image` (the pod has no git checkout).
+    image_env = {"CONVEYOR_GIT_COMMIT": "0123abc", "CONVEYOR_GIT_DIRTY": "no"}
+    saved = {k: os.environ.get(k) for k in image_env}
+    os.environ.update(image_env)
+    try:
+        return _three_runs(config, spec, data)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _three_runs(config, spec, data):
     first = kfp_harness.execute(spec, f"{config.output.pipeline_root}/run-1")
     versions_first = list_versions(config.serving_model_dir)
     # The same trips in another order: a new span the data gate's drift check (now against run 1's
@@ -76,6 +92,24 @@ def test_first_run_ingests_the_newest_span_trains_cold_and_pushes_a_loadable_mod
     assert len(versions) == 1
     loaded = tf.saved_model.load(str(Path(config.serving_model_dir) / str(versions[0])))
     assert "serving_default" in loaded.signatures
+
+
+def test_the_pipeline_writes_the_model_card_and_the_provenance_of_the_cluster_run(cluster):
+    """ModelCardGen ran in the cluster's run: a card in the pushed version, and the provenance the
+    registry reads (the Kubeflow run that started it, the pipeline run's id, the code version)."""
+    config, first, versions, second, *_ = cluster
+    card = _one(first, "ModelCardGen", "model_card")["metadata"]
+    assert card["version"] == str(versions[0])
+    page = Path(card["card_html"])
+    assert page == Path(config.serving_model_dir) / str(versions[0]) / "assets.extra" / "model_card.html"
+    text = page.read_text()
+    assert "Model card: taxi version" in text and "started by: Kubeflow Pipelines run run-1" in text
+    assert card["started_by"] == "Kubeflow Pipelines run run-1" and len(card["pipeline_run"]) == 36
+    assert card["git_commit"] == "0123abc" and card["git_dirty"] == "no", "the image's code version"
+    assert (Path(_one(first, "ModelCardGen", "model_card")["uri"]) / "model_card.html").read_text() == text
+    # The second run's card compares with the first model: its baseline is the latest blessed model.
+    second_card = Path(_one(second, "ModelCardGen", "model_card")["metadata"]["card_html"]).read_text()
+    assert "baseline: " + _one(second, "latest_blessed_model", "model")["uri"] in second_card
 
 
 def test_second_run_takes_the_new_span_warm_starts_from_the_first_model_and_compares_with_it(cluster):

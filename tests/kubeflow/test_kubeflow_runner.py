@@ -215,7 +215,8 @@ def test_kfp_safe_names(name, safe):
 
 def test_conveyor_compile_from_the_config_alone_mounts_the_serving_volume_in_the_pusher(tmp_path, capsys):
     """The CLI entry point with no flags: every cluster fact from the config's kubeflow: section,
-    and the serving claim in KFP's Kubernetes platform spec (a second YAML document)."""
+    and the serving claim in KFP's Kubernetes platform spec (a second YAML document), for the pusher
+    and for the model card it writes into the pushed version."""
     from kfp import components
 
     from cli.main import main
@@ -224,14 +225,18 @@ def test_conveyor_compile_from_the_config_alone_mounts_the_serving_volume_in_the
     assert main(["compile", "--config", str(TAXI_CONFIG), "--output", str(output)]) == 0
     facts = load_config(TAXI_CONFIG).kubeflow
     out = capsys.readouterr().out
-    assert f"mounts PersistentVolumeClaim {facts.serving_pvc} at {facts.serving_root}" in out
+    assert f"SafePusher, ModelCardGen mount PersistentVolumeClaim {facts.serving_pvc} at {facts.serving_root}" in out
     pipeline_doc, platform_doc = list(yaml.safe_load_all(output.read_text()))
     json_format.ParseDict(pipeline_doc, pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
     platform = json_format.ParseDict(platform_doc, pipeline_spec_pb2.PlatformSpec(), ignore_unknown_fields=False)
     executors = json_format.MessageToDict(platform.platforms["kubernetes"].deployment_spec)["executors"]
-    pusher_component = pipeline_doc["root"]["dag"]["tasks"]["SafePusher"]["componentRef"]["name"]
-    pusher_executor = pipeline_doc["components"][pusher_component]["executorLabel"]
-    assert executors == {pusher_executor: {"pvcMount": [{"constant": facts.serving_pvc, "mountPath": "/serving"}]}}
+    tasks = pipeline_doc["root"]["dag"]["tasks"]
+    pusher_executor, card_executor = (
+        pipeline_doc["components"][tasks[node]["componentRef"]["name"]]["executorLabel"]
+        for node in ("SafePusher", "ModelCardGen")
+    )
+    mount = {"pvcMount": [{"constant": facts.serving_pvc, "mountPath": "/serving"}]}
+    assert executors == {pusher_executor: mount, card_executor: mount}
     assert pipeline_doc["deploymentSpec"]["executors"][pusher_executor]["container"]["image"] == facts.image
     for flag in facts.beam_args:
         assert flag in pipeline_doc["deploymentSpec"]["executors"]["Transform_executor"]["container"]["args"]

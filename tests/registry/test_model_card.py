@@ -1,6 +1,7 @@
 """The model card of a pushed version: decodable chart images, the record, and a real browser render."""
 
 import base64
+import html
 import io
 import re
 import shutil
@@ -57,6 +58,36 @@ def test_card_is_in_assets_extra_with_decodable_charts_and_the_record(card, two_
     markdown = (card.parent / "model_card.md").read_text()
     assert "## Permutation importance" in markdown and "](model_card_images/roc_curve.png)" in markdown
     assert (card.parent / "model_card_images" / "roc_curve.png").is_file()
+
+
+@pytest.mark.e2e
+def test_the_pipeline_writes_the_card_and_records_its_provenance_in_ml_metadata(card, two_runs, e2e_config):
+    """ModelCardGen, a pipeline component, wrote the card (not the runner after the run); the record in
+    the card is the one `conveyor models show` prints from ML Metadata, and so is the provenance."""
+    from registry.lineage import open_store, pipeline_runs, run_executions
+    from registry.record import describe
+    from registry.versions import versions
+
+    first, pushed, second, _ = two_runs
+    store = open_store(e2e_config.output.store)
+    run = pipeline_runs(store, e2e_config.name)[0]
+    card_gen = run_executions(store, run, e2e_config.name)["ModelCardGen"]
+    assert card_gen.state == "complete"
+    artifact = card_gen.output("model_card")
+    assert artifact.custom_properties["card_html"].string_value == str(card)
+    assert (Path(artifact.uri) / "model_card.html").read_bytes() == card.read_bytes()
+    (record,) = [r for r in versions(e2e_config.output.store, e2e_config.name, e2e_config.serving_model_dir)]
+    assert record.provenance["started_by"].endswith("(conveyor run)") and record.provenance["git_commit"]
+    shown = describe(record, e2e_config.model_name)
+    assert "  started by: " + record.provenance["started_by"] in shown
+    # The card's record is the same, less what only ML Metadata knows (run id, push time, component times).
+    in_card = card.read_text().split("<h2>Record</h2>")[1]
+    only_metadata = ("  pushed at:", "  run:", "  components (", "    ", "  pipeline run:")
+    for line in shown:
+        if not line.startswith(only_metadata) or line.startswith(("    feature", "    label", "    train steps")):
+            assert html.escape(line) in in_card, line
+    # The cached re-run pushed nothing and wrote no card: its ModelCardGen came from the cache.
+    assert second.summary.card is None and "ModelCardGen" in second.summary.cached
 
 
 @pytest.mark.e2e

@@ -138,7 +138,7 @@ def test_version_page_has_the_record_lineage_and_card(ui, e2e_config):
     record = records[0]
     status, body = fetch(f"{ui}/models/{record.version}")
     assert status == 200
-    for line in describe(record, e2e_config):
+    for line in describe(record, e2e_config.model_name):
         assert e(line) in body
     lineage = body[body.index("id='lineage'") : body.index("<h2>Record")]
     for step in ("data", "statistics", "schema", "transform", "model", "evaluation", f"push: version {record.version}"):
