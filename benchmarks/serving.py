@@ -47,6 +47,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(PROJECT_ROOT))
 BATCHES = (1, 64)
+PARTS = ("sequential", "concurrent", "batching", "log", "warmup")
 WARM_UP = 20
 
 
@@ -233,11 +234,19 @@ def _median(rows: list[dict], key: str) -> float:
 
 
 def concurrent_load(
-    serving_root: Path, model: str, version: int, example: bytes, signature, seconds: float, rounds: int
+    serving_root: Path,
+    model: str,
+    version: int,
+    example: bytes,
+    signature,
+    seconds: float,
+    rounds: int,
+    parts: set[str] = frozenset(PARTS),
 ) -> list:
     """Batch-1 latency and throughput at 1, 8 and 32 clients: in process, REST and gRPC; then batching and the
     request log, each against the same server without them. Every measurement is repeated `rounds` times,
     the settings compared interleaved round by round, so that a slow spell of the shared machine hits both."""
+    import numpy as np
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
@@ -284,17 +293,19 @@ def concurrent_load(
         ) as logged,
     ):
         for round_ in range(rounds):
-            for clients in CLIENTS:
+            for clients in CLIENTS if "concurrent" in parts else (32,) if "batching" in parts else ():
                 measure("plain", "in-process", clients, in_process, round_)
                 measure("plain", "REST", clients, rest(plain), round_)
                 measure("plain", "gRPC", clients, grpc(plain), round_)
-            for protocol, target in (("REST", rest), ("gRPC", grpc)):
+            for protocol, target in (("REST", rest), ("gRPC", grpc)) if "batching" in parts else ():
                 measure("batching", protocol, 32, target(batched), round_)
-            # The log's cost is a few percent at most: on and off alternate, twice per round.
-            for _ in range(2):
+            # The log's cost is a few percent at most: on and off alternate, A B B A, so that a drift of the
+            # machine's load over a round hits both alike; the ratio is taken pair by pair.
+            for order in ((False, True), (True, False)) if "log" in parts else ():
                 for protocol, target in (("REST", rest), ("gRPC", grpc)):
-                    measure("no log", protocol, 1, target(plain), round_)
-                    measure("request log 1.0", protocol, 1, target(logged), round_)
+                    for on in order:
+                        setting, server = ("request log 1.0", logged) if on else ("no log", plain)
+                        measure(setting, protocol, 1, target(server), round_)
         batchers = [batcher for _, batcher in batched.inference._batchers.values()]
         fill = sum(b.batched_requests for b in batchers) / max(1, sum(b.batches for b in batchers))
         written = logged.inference.request_log.written
@@ -323,17 +334,27 @@ def concurrent_load(
             f"{_spread(these, 'p99')} | {_spread(these, 'rps')} | {delta} |"
         )
     print()
-    for protocol in ("REST", "gRPC"):
+    for protocol in ("REST", "gRPC") if "batching" in parts else ():
         pairs = zip(group("batching", protocol, 32), group("plain", protocol, 32), strict=True)
         ratios = [b["rps"] / p["rps"] for b, p in pairs]
         print(f"batching at 32 clients, {protocol}: {_spread([{'x': x} for x in ratios], 'x')}x the unbatched req/s")
-    print(f"batching: {fill:.1f} requests per batch on average (max_batch_size {BATCHING['max_batch_size']})")
+    if "batching" in parts:
+        print(f"batching: {fill:.1f} requests per batch on average (max_batch_size {BATCHING['max_batch_size']})")
     for protocol in ("REST", "gRPC"):
         on, off = group("request log 1.0", protocol, 1), group("no log", protocol, 1)
+        if not on:
+            continue
+        # Per round, A B B A: the mean of its two on-runs over the mean of its two off-runs.
+        ratios = []
+        for round_ in sorted({r["round"] for r in on}):
+            mean_on = float(np.mean([r["p50"] for r in on if r["round"] == round_]))
+            mean_off = float(np.mean([r["p50"] for r in off if r["round"] == round_]))
+            ratios.append(mean_on / mean_off - 1)
         print(
             f"request log at rate 1.0, {protocol}, 1 client: p50 {_median(on, 'p50'):.3f} ms against "
-            f"{_median(off, 'p50'):.3f} without ({_median(on, 'p50') / _median(off, 'p50') - 1:+.1%}; medians of "
-            f"{len(on)} interleaved runs each)"
+            f"{_median(off, 'p50'):.3f} without; per-round ratio median {np.median(ratios):+.1%} (range "
+            f"{min(ratios):+.1%} to {max(ratios):+.1%}, quartiles {np.percentile(ratios, 25):+.1%} to "
+            f"{np.percentile(ratios, 75):+.1%}, {len(ratios)} rounds of A B B A)"
         )
     print(f"request log: {written} records written")
     return rows
@@ -409,6 +430,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="time per (mode, batch) row (default: 10)")
     parser.add_argument("--max-requests", type=int, default=2000, help="requests per row at most (default: 2000)")
     parser.add_argument("--rounds", type=int, default=3, help="repeats of each concurrent measurement (default: 3)")
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"which measurements, comma-separated, of {', '.join(PARTS)} (default: all)",
+    )
+    parser.add_argument("--warmup-rounds", type=int, default=8, help="rounds of the first-request measurement")
     args = parser.parse_args(argv)
 
     from components.pusher.publish import SCHEMA_FILE, list_versions
@@ -421,12 +448,10 @@ def main(argv=None) -> int:
     version = versions[-1]
     version_dir = serving_root / args.model / str(version)
 
-    import numpy as np
     import tensorflow as tf
     import tensorflow_data_validation as tfdv
 
     from components.examples import to_example
-    from serving.server import ModelServer
 
     schema = tfdv.load_schema_text(str(version_dir / "assets.extra" / SCHEMA_FILE))
     raw, excluded = _rows(schema, max(BATCHES))
@@ -435,6 +460,26 @@ def main(argv=None) -> int:
         return 2
     serialized = [to_example(row, schema, skip=excluded).SerializeToString() for row in raw]
     signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+
+    parts = set(args.parts.split(","))
+    if parts - set(PARTS):
+        print(f"unknown --parts {', '.join(sorted(parts - set(PARTS)))}; known: {', '.join(PARTS)}", file=sys.stderr)
+        return 2
+    if "sequential" in parts:
+        sequential(args, serving_root, version, version_dir, schema, raw, serialized, signature)
+    if parts & {"concurrent", "batching", "log"}:
+        concurrent_load(serving_root, args.model, version, serialized[0], signature, args.seconds, args.rounds, parts)
+    if "warmup" in parts and (version_dir / "assets.extra" / "tf_serving_warmup_requests").is_file():
+        first_request_after_new_version(version_dir, args.model, serialized[0], args.warmup_rounds)
+    return 0
+
+
+def sequential(args, serving_root, version, version_dir, schema, raw, serialized, signature) -> None:
+    """Sequential requests at batch 1 and 64 over one connection, against the in-process call."""
+    import numpy as np
+    import tensorflow as tf
+
+    from serving.server import ModelServer
 
     results = []
     with ModelServer(serving_root, "127.0.0.1", 0, poll_seconds=60) as server:
@@ -484,10 +529,6 @@ def main(argv=None) -> int:
             f"| {r['mode']} | {r['batch']} | {r['requests']} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} | "
             f"{r['rps'] * r['batch']:.0f} | {r['p50'] / base['p50']:.2f}x | {r['rps'] / base['rps']:.2f}x |"
         )
-    concurrent_load(serving_root, args.model, version, serialized[0], signature, args.seconds, args.rounds)
-    if (version_dir / "assets.extra" / "tf_serving_warmup_requests").is_file():
-        first_request_after_new_version(version_dir, args.model, serialized[0])
-    return 0
 
 
 if __name__ == "__main__":
