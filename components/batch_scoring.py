@@ -212,6 +212,11 @@ class _ToColumns:
         labels = outputs["classes"].astype(object) if "classes" in outputs else None
         if labels is None:
             labels = np.broadcast_to(np.array([c.encode() for c in self.target.classes], object), scores.shape)
+        if len(labels) and (labels == labels[0]).all():
+            # The usual case: every row lists the classes in one order, so a class's score is one column.
+            order = [_text(v) for v in labels[0]]
+            columns.update(self._by_column(scores, order))
+            return columns
         labels = np.vectorize(_text, otypes=[object])(labels)
 
         def score_of(name: str) -> list[float]:
@@ -224,6 +229,15 @@ class _ToColumns:
             columns.update({f"score_{c}": score_of(c) for c in self.target.classes})
         columns["class"] = labels[np.arange(len(scores)), scores.argmax(axis=1)].tolist()
         return columns
+
+    def _by_column(self, scores: np.ndarray, order: list[str]) -> dict[str, list]:
+        """The output columns when every row's labels are `order`."""
+        if self.target.task == "binary":
+            found = {"probability": scores[:, order.index(self.target.classes[1])].astype(np.float64).tolist()}
+        else:
+            found = {f"score_{c}": scores[:, order.index(c)].astype(np.float64).tolist() for c in self.target.classes}
+        found["class"] = np.array(order, object)[scores.argmax(axis=1)].tolist()
+        return found
 
 
 class _Progress(beam.DoFn):
@@ -259,11 +273,32 @@ def _csv_line(values: Sequence[Any]) -> str:
 
 
 def _csv_lines(columns: dict[str, list], names: list[str]) -> str:
+    """One chunk's rows as CSV lines (no last line end). Where no cell needs quoting, Arrow joins the cells and
+    spells the floats (shortest round-trip spellings, as repr's); otherwise Python's csv writes them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cells = []
+    for name in names:
+        values = columns[name]
+        if _floats(values):
+            cells.append(pc.cast(pa.array(values, pa.float64()), pa.string()))
+            continue
+        text = pa.array(values, pa.string())
+        if len(text) and pc.any(pc.match_substring_regex(text, '[,"\r\n]')).as_py():
+            return _python_csv_lines(columns, names)
+        cells.append(text)
+    rows = pc.binary_join_element_wise(*cells, ",")
+    # Each row joined with an empty string by a line end: the array's data buffer is then the text itself.
+    lines = pc.binary_join_element_wise(rows, pa.array([""] * len(rows), pa.string()), "\n")
+    offsets = np.frombuffer(lines.buffers()[1], np.int32)[lines.offset : lines.offset + len(lines) + 1]
+    return lines.buffers()[2].to_pybytes()[offsets[0] : offsets[-1] - 1].decode("utf-8")
+
+
+def _python_csv_lines(columns: dict[str, list], names: list[str]) -> str:
     buf = io.StringIO()
     # repr of a Python float round-trips, so the file holds the model's float32 answers exactly.
-    cells = [
-        [repr(v) for v in columns[n]] if columns[n] and isinstance(columns[n][0], float) else columns[n] for n in names
-    ]
+    cells = [[repr(v) for v in columns[n]] if _floats(columns[n]) else columns[n] for n in names]
     csv.writer(buf, lineterminator="\n").writerows(zip(*cells, strict=True))
     return buf.getvalue()[:-1]
 

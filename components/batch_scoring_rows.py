@@ -22,9 +22,13 @@ from typing import Any, NamedTuple, Optional
 import apache_beam as beam
 import numpy as np
 
+from components.example_gen_encode import FLOAT, INT, STRING, examples_bytes
+
 NAMESPACE = "conveyor.predict"
 REJECTED = "rejected"
-CHUNK_BYTES = 1 << 20
+# About 35,000 taxi rows: the model scores a row faster in larger batches, and each element costs Beam's
+# and Python's overhead once.
+CHUNK_BYTES = 4 << 20
 # Integers whose `int(float(v))` (to_example's conversion) is the integer itself.
 _EXACT_INT = 2**53
 
@@ -65,34 +69,49 @@ def _record_ends(data: bytes) -> np.ndarray:
 
 
 def _cells(chunk: Chunk) -> Optional[list]:
-    """The chunk's cells, one Arrow string array per column, by pyarrow's CSV reader; None where it might split
-    records or fields otherwise than Python's csv (quotes, NUL, a lone carriage return) or a record's field count
-    differs from the header's."""
+    """The chunk's cells, one Arrow string array per column, split at every `,` and line end; None where Python's
+    csv might split records or fields otherwise (quotes, NUL, a lone carriage return, an empty line), where a
+    record's field count differs from the header's, or where the bytes are not UTF-8.
+
+    The split is numpy's over the whole chunk, the columns are Arrow views taken from one array of every field:
+    pyarrow's CSV reader would do the same, but each of its calls walks the whole heap on Python 3.10 (its
+    SignalStopHandler's gc.get_referrers), about 80 ms a chunk once TensorFlow is loaded.
+    """
     import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.csv as pv
 
     data = chunk.data
-    if b'"' in data or b"\x00" in data or data.count(b"\r") != data.count(b"\r\n"):
+    if b'"' in data or b"\x00" in data or b"\n\n" in data or data.startswith(b"\n"):
         return None
-    names = [f"c{i}" for i in range(len(chunk.header))]
+    if b"\r" in data:
+        if data.count(b"\r") != data.count(b"\r\n"):
+            return None
+        data = data.replace(b"\r\n", b"\n")
+    if not data.endswith(b"\n"):
+        data += b"\n"
+    width = len(chunk.header)
+    arr = np.frombuffer(data, np.uint8)
+    ends = np.flatnonzero((arr == ord(",")) | (arr == ord("\n")))
+    rows = len(ends) // width
+    if len(ends) != rows * width or not rows:
+        return None
+    kinds = arr[ends].reshape(rows, width)
+    if not (kinds[:, -1] == ord("\n")).all() or (width > 1 and (kinds[:, :-1] != ord(",")).any()):
+        return None
+    starts = np.empty_like(ends)
+    starts[0], starts[1:] = 0, ends[:-1] + 1
+    # Python's csv refuses longer fields: the row-by-row path rejects those rows.
+    if int((ends - starts).max()) > csv.field_size_limit():
+        return None
+    # One array of 2 elements per field: the field, then its delimiter; a column takes every other field.
+    bounds = np.empty(2 * len(ends) + 1, np.int32)
+    bounds[0:-1:2], bounds[1:-1:2], bounds[-1] = starts, ends, len(data)
+    fields = pa.Array.from_buffers(pa.string(), 2 * len(ends), [None, pa.py_buffer(bounds), pa.py_buffer(data)])
     try:
-        table = pv.read_csv(
-            io.BytesIO(data),
-            read_options=pv.ReadOptions(column_names=names, block_size=len(data) + 1),
-            parse_options=pv.ParseOptions(quote_char=False, ignore_empty_lines=True),
-            convert_options=pv.ConvertOptions(
-                column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=False
-            ),
-        )
+        fields.validate(full=True)
     except pa.ArrowInvalid:
         return None
-    columns = [table.column(i).combine_chunks() for i in range(len(names))]
-    # Python's csv refuses longer fields: the row-by-row path rejects those rows.
-    limit = csv.field_size_limit()
-    if any(len(c) and pc.max(pc.utf8_length(c)).as_py() > limit for c in columns):
-        return None
-    return columns
+    every = np.arange(0, 2 * len(ends), 2 * width)
+    return [fields.take(pa.array(every + 2 * i)) for i in range(width)]
 
 
 @functools.cache
@@ -165,37 +184,37 @@ class ToExamples:
         if cells is None:
             return None
         index = {name: i for i, name in enumerate(chunk.header)}
-        names, lists = [], []
+        features = {}
         for feature in self._features:
             column = cells[index[feature.name]]
             present = pc.greater(pc.binary_length(column), 0)
             if feature.name in self.target.required and not pc.all(present).as_py():
                 return None
-            values = column.filter(present)
+            mask = present.to_numpy(zero_copy_only=False)
             if feature.type == schema_pb2.BYTES:
-                values = values.cast(pa.binary())
-            else:
-                is_int = feature.type == schema_pb2.INT
-                if not pc.all(pc.match_substring_regex(values, _INT_RE if is_int else _FLOAT_RE)).as_py():
-                    return None
-                try:
-                    numbers = pc.cast(values, pa.int64() if is_int else pa.float64()).to_numpy(zero_copy_only=False)
-                except pa.ArrowInvalid:
-                    return None
-                if is_int and np.any(np.abs(numbers) >= _EXACT_INT):
-                    return None
-                if not is_int and feature.name in self._finite and not np.isfinite(numbers).all():
-                    return None
-                # float64 to float32 rounds as a tf.train.FloatList does with a Python float.
-                values = pa.array(numbers if is_int else numbers.astype(np.float32))
-            offsets = np.zeros(len(column) + 1, np.int32)
-            np.cumsum(present.to_numpy(zero_copy_only=False), out=offsets[1:])
-            names.append(feature.name)
-            lists.append(pa.ListArray.from_arrays(pa.array(offsets), values))
+                features[feature.name] = (STRING, column, mask)
+                continue
+            is_int = feature.type == schema_pb2.INT
+            values = column.filter(present)
+            if not pc.all(pc.match_substring_regex(values, _INT_RE if is_int else _FLOAT_RE)).as_py():
+                return None
+            try:
+                numbers = pc.cast(values, pa.int64() if is_int else pa.float64()).to_numpy(zero_copy_only=False)
+            except pa.ArrowInvalid:
+                return None
+            if is_int and np.any(np.abs(numbers) >= _EXACT_INT):
+                return None
+            if not is_int and feature.name in self._finite and not np.isfinite(numbers).all():
+                return None
+            # Where a cell is empty the value is ignored: the feature is an empty list, as to_example leaves it.
+            full = np.zeros(len(mask), numbers.dtype)
+            full[mask] = numbers
+            features[feature.name] = (INT if is_int else FLOAT, full, mask)
         kept = [cells[index[k]].to_pylist() for k in self.keep]
         if not len(cells[0]):
             return Batch(kept, [])
-        return Batch(kept, _encoder().encode(pa.RecordBatch.from_arrays(lists, names)))
+        # float64 to float32 (the encoder's) rounds as a tf.train.FloatList does with a Python float.
+        return Batch(kept, examples_bytes(features))
 
     def _row_by_row(self, chunk: Chunk):
         """Each record typed by to_example; rejected ones yielded as tagged outputs. Returns the good rows' Batch."""
