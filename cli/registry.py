@@ -65,7 +65,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
     config = _config(args)
     model_dir = str(Path(config.output.serving_root) / (args.model or config.model_name))
-    records = versions(config.output.store, config.name, model_dir)
+    cluster_dir = _cluster_model_dir(config, args.model)
+    records = versions(config.output.store, config.name, model_dir, cluster_dir)
     served = served_version(model_dir)
     present = set(list_versions(model_dir))
     if not records:
@@ -79,9 +80,18 @@ def cmd_models_list(args: argparse.Namespace) -> int:
             span = format_spans(r.training_spans).split(" ", 1)[1]
         rows = "" if s is None or "train" not in s.rows else f"{s.rows['train']:,}"
         note = f"rollback of {r.rollback_of}" if r.rollback_of else headline(s)
-        flag = "  <- served" if r.version == served else ("" if r.version in present else "  (removed)")
+        if cluster_dir and Path(r.destination).parent == Path(cluster_dir):
+            flag = f"  (pushed by Kubeflow to {r.destination})"
+        else:
+            flag = "  <- served" if r.version == served else ("" if r.version in present else "  (removed)")
         print(f"{r.version:>12}  {r.pushed_at:<25} {span:>5} {rows:>10}  {note}{flag}")
     return EXIT_OK
+
+
+def _cluster_model_dir(config, model: str | None = None) -> str | None:
+    """The serving directory Kubeflow runs push into (the config's kubeflow.serving_root), if any."""
+    root = config.kubeflow.serving_root
+    return str(Path(root) / (model or config.model_name)) if root else None
 
 
 def cmd_models_show(args: argparse.Namespace) -> int:
@@ -91,7 +101,7 @@ def cmd_models_show(args: argparse.Namespace) -> int:
 
     config = _config(args)
     model_dir = str(Path(config.output.serving_root) / config.model_name)
-    records = {r.version: r for r in versions(config.output.store, config.name, model_dir)}
+    records = {r.version: r for r in versions(config.output.store, config.name, model_dir, _cluster_model_dir(config))}
     if args.version not in records:
         known = ", ".join(map(str, sorted(records))) or "none"
         print(f"error: version {args.version} was never pushed to {model_dir} (versions: {known})", file=sys.stderr)

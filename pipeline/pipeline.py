@@ -299,15 +299,18 @@ def _model_nodes(config: PipelineConfig, example_gen, statistics_gen, import_sch
         keep_versions=config.keep_versions,
     )
     schema = import_schema_gen.outputs["schema"]
+    # One artifact may reach a task under one input name only: KFP records an INPUT event per name,
+    # and ML Metadata refuses two events of one kind between the same artifact and execution.
+    window = transform.inputs["examples"] is not example_gen.outputs["examples"]
     card = _card_node(
         config,
         {
+            **({"training_examples": transform.inputs["examples"]} if window else {}),
             "pushed_model": pusher.outputs["pushed_model"],
             "model": trainer.outputs["model"],
             "model_blessing": evaluator.outputs["blessing"],
             "evaluation": evaluator.outputs["evaluation"],
             "examples": example_gen.outputs["examples"],
-            "training_examples": transform.inputs["examples"],
             "transformed_examples": transform.outputs["transformed_examples"],
             "statistics": statistics_gen.outputs["statistics"],
             "schema": schema,

@@ -79,7 +79,7 @@ def version_record(run: dict, trainer: dict, eval_config: str, schema_file: str,
 
     Args:
       run: ModelCardGen's input artifacts by name (TFX artifacts; `base_model` may be None, and
-        `training_examples` is a list).
+        `training_examples` and `transformed_examples` are lists: one per span in a window).
       trainer: the Trainer's exec properties as TFX records them (custom_config, train_args, eval_args).
       eval_config: the Evaluator's eval_config as TFX records it (JSON).
       schema_file: the curated schema ImportSchemaGen imported.
@@ -103,7 +103,7 @@ def version_record(run: dict, trainer: dict, eval_config: str, schema_file: str,
         "Trainer": _node(
             "Trainer",
             trainer,
-            {"examples": [run["transformed_examples"]], **started_from},
+            {"examples": run["transformed_examples"], **started_from},
             {"model": [model]},
         ),
         "Evaluator": _node(
@@ -135,8 +135,7 @@ def ModelCardGen(
     model_blessing: InputArtifact[ModelBlessing],
     evaluation: InputArtifact[ModelEvaluation],
     examples: InputArtifact[Examples],
-    training_examples: InputArtifact[list[Examples]],
-    transformed_examples: InputArtifact[Examples],
+    transformed_examples: InputArtifact[list[Examples]],
     statistics: InputArtifact[ExampleStatistics],
     schema: InputArtifact[Schema],
     model_card: OutputArtifact[ModelCard],
@@ -149,6 +148,7 @@ def ModelCardGen(
     pipeline_run: Parameter[str] = "",
     started_by: Parameter[str] = "",
     base_model: InputArtifact[Model] = None,
+    training_examples: InputArtifact[list[Examples]] = None,
 ) -> None:
     """Records who and what made this run's model (always), and, when SafePusher pushed it, writes its
     model card into the version's assets.extra/. A card that fails is recorded as such (`card_error`)
@@ -160,6 +160,7 @@ def ModelCardGen(
       slice_features: JSON list of the features the evaluation is sliced by.
       pipeline_run: the pipeline run's id (TFX's locally; Kubeflow's from its driver).
       started_by: what started the run, when it is not this process's user (a Kubeflow run's name).
+      training_examples: what Transform read, when not `examples` (a rolling window of spans).
     """
     from registry.model_card import render_card
     from registry.runs import provenance_values
@@ -182,7 +183,7 @@ def ModelCardGen(
             "model_blessing": model_blessing,
             "evaluation": evaluation,
             "examples": examples,
-            "training_examples": training_examples,
+            "training_examples": training_examples or [examples],
             "transformed_examples": transformed_examples,
             "statistics": statistics,
             "schema": schema,

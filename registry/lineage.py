@@ -16,6 +16,15 @@ from ml_metadata.proto import metadata_store_pb2
 from pipeline.metadata import MetadataStore
 
 PIPELINE_RUN = "pipeline_run"
+# Kubeflow Pipelines' own layout (backend/src/v2/metadata/client.go): a run is a `system.PipelineRun`
+# context whose parent is the `system.Pipeline` context named after the pipeline, and each task's
+# execution names its task in `task_name` (the root DAG's is empty). TFX's entrypoint writes nothing there.
+KFP_PIPELINE = "system.Pipeline"
+KFP_PIPELINE_RUN = "system.PipelineRun"
+KFP_TASK_NAME = "task_name"
+# components.cluster_state.PLACEHOLDER, without importing TFX into every registry read (a test checks
+# that they agree): what a cluster run hands on when nothing was recorded yet.
+PLACEHOLDER = "conveyor_placeholder"
 
 _STATES = {
     metadata_store_pb2.Execution.COMPLETE: "complete",
@@ -124,22 +133,41 @@ def pipeline_runs(store: metadata_store.MetadataStore, pipeline_name: str) -> li
     A few queries whatever the number of runs: the runs, those with any parent, the children of the
     contexts named after the pipeline.
     """
+    runs = _kfp_runs(store, pipeline_name)
     candidates = store.get_contexts_by_type(PIPELINE_RUN)
-    if not candidates:
-        return []
-    has_parent = metadata_store.ListOptions(filter_query="parent_contexts_a.id > 0")
-    with_parent = {c.id for c in store.get_contexts(list_options=has_parent)}
-    named = [c for c in store.get_contexts() if c.name == pipeline_name]
-    children = {child.id for c in named for child in store.get_children_contexts_by_context(c.id)}
-    runs = [c for c in candidates if c.id not in with_parent or c.id in children]
+    if candidates:
+        has_parent = metadata_store.ListOptions(filter_query="parent_contexts_a.id > 0")
+        with_parent = {c.id for c in store.get_contexts(list_options=has_parent)}
+        named = [c for c in store.get_contexts() if c.name == pipeline_name]
+        children = {child.id for c in named for child in store.get_children_contexts_by_context(c.id)}
+        runs += [c for c in candidates if c.id not in with_parent or c.id in children]
     return sorted(runs, key=lambda c: (created_ms(c), c.id))
 
 
-def _node_id(store, execution_id: int, pipeline_name: str) -> str:
+def _kfp_runs(store: metadata_store.MetadataStore, pipeline_name: str) -> list[metadata_store_pb2.Context]:
+    """The pipeline's runs as Kubeflow Pipelines records them (none in a store KFP never wrote)."""
+    pipeline = store.get_context_by_type_and_name(KFP_PIPELINE, pipeline_name)
+    if pipeline is None:
+        return []
+    run_type = store.get_context_type(KFP_PIPELINE_RUN).id
+    return [c for c in store.get_children_contexts_by_context(pipeline.id) if c.type_id == run_type]
+
+
+def _node_id(store, execution_id: int, pipeline_name: str, execution=None) -> str:
+    """The component an execution ran: TFX's node context `<pipeline>.<node>`, else KFP's task name
+    ("" for KFP's DAG executions), else "?"."""
     prefix = f"{pipeline_name}."
     for context in store.get_contexts_by_execution(execution_id):
         if context.name.startswith(prefix):
             return context.name[len(prefix) :]
+    if execution is None:
+        execution = (
+            store.execution(execution_id)
+            if isinstance(store, Lineage)
+            else next(iter(store.get_executions_by_id([execution_id])), None)
+        )
+    if execution is not None and KFP_TASK_NAME in execution.custom_properties:
+        return execution.custom_properties[KFP_TASK_NAME].string_value
     return "?"
 
 
@@ -226,6 +254,12 @@ class Lineage:
             self._asked[(name, key)] = list(getattr(self.store, name)(list(key) if isinstance(key, tuple) else key))
         return list(self._asked[(name, key)])
 
+    def execution(self, execution_id: int) -> Optional[metadata_store_pb2.Execution]:
+        """One execution, from memory when it was read, else from the store."""
+        if execution_id in self._executions:
+            return self._executions[execution_id]
+        return next(iter(self._ask("get_executions_by_id", (execution_id,))), None)
+
     def get_executions_by_context(self, context_id: int) -> list[metadata_store_pb2.Execution]:
         if not self.complete and context_id not in self._full:
             return self._ask("get_executions_by_context", context_id)
@@ -277,7 +311,9 @@ def run_executions(
         by_execution.setdefault(ev.execution_id, []).append(ev)
     result: dict[str, NodeExecution] = {}
     for execution in sorted(executions, key=lambda e: e.id):
-        node_id = _node_id(store, execution.id, pipeline_name)
+        node_id = _node_id(store, execution.id, pipeline_name, execution)
+        if not node_id:  # KFP's DAG execution: the run itself, not a component
+            continue
         node = NodeExecution(node_id, _STATES.get(execution.last_known_state, "unknown"), execution)
         for ev in by_execution.get(execution.id, []):
             if ev.artifact_id not in artifacts:
@@ -286,6 +322,8 @@ def run_executions(
             if ev.type in (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT):
                 node.outputs.setdefault(key, []).append(artifacts[ev.artifact_id])
             elif ev.type in (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT):
+                if custom_property(artifacts[ev.artifact_id], PLACEHOLDER):
+                    continue  # KFP records it as an input; the task never saw it (kubeflow/entrypoint.py)
                 node.inputs.setdefault(key, []).append(artifacts[ev.artifact_id])
         result[node_id] = node
     return result
@@ -298,6 +336,13 @@ def custom_property(artifact: metadata_store_pb2.Artifact, name: str):
     value = artifact.custom_properties[name]
     kind = value.WhichOneof("value")
     return getattr(value, kind) if kind else None
+
+
+def string_property(artifact: metadata_store_pb2.Artifact, name: str) -> str:
+    """A string TFX declares on the artifact's type (`split_names`), wherever the store keeps it: a
+    property in TFX's own layout, a custom property in KFP's (which records no type properties)."""
+    value = custom_property(artifact, name)
+    return value if isinstance(value, str) and value else artifact.properties[name].string_value
 
 
 def int_property(artifact: metadata_store_pb2.Artifact, name: str) -> Optional[int]:

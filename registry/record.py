@@ -16,12 +16,21 @@ TRAINING_RECORD = os.path.join("assets.extra", "conveyor_training.json")
 PROVENANCE_SHOWN = ("user", "started_by", "git_commit", "git_dirty", "config", "pipeline_run")
 
 
+# Where Kubeflow Pipelines keeps a task's input parameters (backend/src/v2/metadata/client.go `inputs`).
+KFP_INPUTS = "inputs"
+
+
 def exec_property(node: NodeExecution, name: str) -> Optional[str]:
+    """An execution's exec property: TFX records each as a property; KFP all in its `inputs` struct."""
     for props in (node.execution.properties, node.execution.custom_properties):
         if name in props:
             value = props[name]
             kind = value.WhichOneof("value")
             return getattr(value, kind) if kind else None
+    kfp = node.execution.custom_properties.get(KFP_INPUTS)
+    if kfp is not None and kfp.HasField("struct_value") and name in kfp.struct_value.fields:
+        value = kfp.struct_value.fields[name]
+        return value.string_value if value.HasField("string_value") else str(value.number_value)
     return None
 
 

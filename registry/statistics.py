@@ -11,7 +11,13 @@ from typing import Optional
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from registry.lineage import PIPELINE_RUN, custom_property, example_spans, pipeline_runs, run_executions
+from registry.lineage import (
+    PIPELINE_RUN,
+    example_spans,
+    pipeline_runs,
+    run_executions,
+    string_property,
+)
 
 STATISTICS_NODE = "StatisticsGen"
 # The split SchemaGen would learn a schema from, and the one the model trains on.
@@ -56,7 +62,7 @@ def run_statistics(
         artifact = node.output("statistics") if node is not None and node.state in ("complete", "cached") else None
         if artifact is None:
             continue
-        splits = json.loads(custom_property(artifact, "split_names") or artifact.properties["split_names"].string_value)
+        splits = json.loads(string_property(artifact, "split_names"))
         if SPLIT not in splits:
             continue
         spans = sorted({s for examples in node.inputs.get("examples", []) for s in example_spans(store, examples)})

@@ -14,7 +14,14 @@ import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 
 from components.data_gate.anomalies import by_split, read_artifact
-from registry.lineage import NodeExecution, custom_property, format_spans, int_property, model_origin
+from registry.lineage import (
+    NodeExecution,
+    custom_property,
+    format_spans,
+    int_property,
+    model_origin,
+    string_property,
+)
 
 TRAINING_RECORD = os.path.join("assets.extra", "conveyor_training.json")
 
@@ -123,9 +130,7 @@ def _rows(statistics: NodeExecution) -> dict[str, int]:
 
 def _read_rows(artifact: metadata_store_pb2.Artifact) -> dict[str, int]:
     rows = {}
-    for split in json.loads(
-        custom_property(artifact, "split_names") or artifact.properties["split_names"].string_value
-    ):
+    for split in json.loads(string_property(artifact, "split_names")):
         path = os.path.join(artifact.uri, f"Split-{split}", "FeatureStats.pb")
         stats = tfdv.load_stats_binary(path)
         rows[split] = sum(d.num_examples for d in stats.datasets)
@@ -137,7 +142,7 @@ def _anomalies(validator: NodeExecution) -> dict[str, list[str]]:
     found = from_files(
         "anomalies",
         artifact,
-        lambda: dict(by_split(read_artifact(artifact.uri, artifact.properties["split_names"].string_value))),
+        lambda: dict(by_split(read_artifact(artifact.uri, string_property(artifact, "split_names")))),
     )
     return {split: list(items) for split, items in found.items()}
 

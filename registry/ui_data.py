@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import quote
 
-from registry.lineage import NodeExecution, custom_property, example_spans, format_spans
+from registry.lineage import NodeExecution, example_spans, format_spans, string_property
 from registry.summary import RunSummary
 from registry.ui_pages import artifact_link, e, page
 
@@ -56,7 +56,7 @@ def span_statistics(store, runs: list) -> list[SpanStatistics]:
             found[artifact.id].used_by.append(run.name)
             continue
         spans = sorted({s for examples in node.inputs.get("examples", []) for s in example_spans(store, examples)})
-        splits = json.loads(custom_property(artifact, "split_names") or artifact.properties["split_names"].string_value)
+        splits = json.loads(string_property(artifact, "split_names"))
         found[artifact.id] = SpanStatistics(spans, run.name, artifact.uri, list(splits), summary, [run.name])
     return list(found.values())
 

@@ -56,8 +56,13 @@ def _time(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="seconds") if ms else ""
 
 
+# TFX's type name, and the title KFP records a TFX type under (its instance schema's title).
+PUSHED_MODEL_TYPES = ("PushedModel", "tfx.PushedModel")
+
+
 def _pushed_artifacts(store: metadata_store.MetadataStore) -> list[metadata_store_pb2.Artifact]:
-    return [a for a in store.get_artifacts_by_type("PushedModel") if custom_property(a, "pushed")]
+    found = [a for name in PUSHED_MODEL_TYPES for a in store.get_artifacts_by_type(name)]
+    return [a for a in found if custom_property(a, "pushed")]
 
 
 def _run_of_artifact(store, artifact_id: int, runs_by_id) -> Optional[metadata_store_pb2.Context]:
@@ -68,9 +73,12 @@ def _run_of_artifact(store, artifact_id: int, runs_by_id) -> Optional[metadata_s
     return None
 
 
-def versions(store: str | MetadataStore, pipeline_name: str, model_dir: str) -> list[VersionRecord]:
+def versions(
+    store: str | MetadataStore, pipeline_name: str, model_dir: str, cluster_model_dir: Optional[str] = None
+) -> list[VersionRecord]:
     """Every version pushed into `model_dir` (including ones retention removed since), newest first,
-    each with the summary of the run that pushed it."""
+    each with the summary of the run that pushed it; with `cluster_model_dir`, also those a Kubeflow run
+    pushed there (the serving directory as the cluster's pods mount it)."""
     store = open_store(store)
     runs = {c.id: c for c in pipeline_runs(store, pipeline_name)}
     pushed = _pushed_artifacts(store)
@@ -78,7 +86,7 @@ def versions(store: str | MetadataStore, pipeline_name: str, model_dir: str) -> 
     records = []
     for artifact in pushed:
         destination = custom_property(artifact, "pushed_destination") or ""
-        if Path(destination).parent != Path(model_dir):
+        if Path(destination).parent not in (Path(model_dir), Path(cluster_model_dir or model_dir)):
             continue
         version = int(custom_property(artifact, "pushed_version"))
         rollback_of = int_property(artifact, "rollback_of")

@@ -28,6 +28,7 @@ NODES = {
     "Trainer",
     "Evaluator",
     "SafePusher",
+    "ModelCardGen",
     "previous_statistics_resolver",
     "DataGate",
 }

@@ -21,7 +21,8 @@ Mirrored from kubeflow/pipelines (backend at commit 7b70c7b, August 2026):
   (`main(args)`, as TFX's kubeflow_v2_run_executor_test does), or with `subprocess=True` as a real
   process of the project's environment, which is what the image installs.
 - After the task, as the launcher records outputs: the executor output's artifact metadata
-  replaces the provisioned metadata, and each output gets a new id.
+  replaces the provisioned metadata, and each output gets a new id; with an ML Metadata store, the
+  run is recorded there as KFP records it (kfp_metadata.py).
 
 The image's project root (/conveyor) is this checkout: parameters naming a path under it are read
 from here.
@@ -40,6 +41,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+
+from tests.kubeflow.kfp_metadata import KfpMetadata
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONTAINER_ROOT = "/conveyor"
@@ -164,6 +167,7 @@ def execute(
     pipeline_root: str,
     subprocess_tasks: tuple[str, ...] = (),
     env: Optional[dict] = None,
+    metadata=None,
 ) -> dict[str, dict[str, list[dict]]]:
     """Runs every task of the compiled file in order; returns each task's recorded outputs.
 
@@ -172,10 +176,14 @@ def execute(
       pipeline_root: this run's root for output artifacts (KFP: `<pipeline root>/<run id>`).
       subprocess_tasks: tasks run as a real `python -m ...` process instead of in this process.
       env: the environment of those processes.
+      metadata: an ML Metadata store to record the run in as KFP's driver and launcher do
+        (kfp_metadata.py); artifacts are then named by their ids there.
     """
     spec = load_spec(spec_path)
     # KFP names a run's root after the run's id; the display name is what a person typed.
-    run = {"{{$.pipeline_job_name}}": Path(pipeline_root).name, "{{$.pipeline_job_uuid}}": str(uuid.uuid4())}
+    run_id = str(uuid.uuid4())
+    run = {"{{$.pipeline_job_name}}": Path(pipeline_root).name, "{{$.pipeline_job_uuid}}": run_id}
+    kfp = KfpMetadata(metadata, spec["pipelineInfo"]["name"], run_id, pipeline_root) if metadata else None
     recorded: dict[str, dict[str, list[dict]]] = {}
     for name in task_order(spec):
         task = spec["root"]["dag"]["tasks"][name]
@@ -184,6 +192,16 @@ def execute(
         if "container" not in executor:
             raise ValueError(f"task {name}: {next(iter(executor))} executors are not run here (KFP runs no resolver)")
         inputs = executor_input(spec, name, recorded, pipeline_root, run)
+        artifacts = {k: v["artifacts"] for k, v in inputs["inputs"]["artifacts"].items()}
+        parameters = inputs["inputs"]["parameterValues"]
+        execution = kfp.start_task(name, artifacts, parameters, executor["container"]["image"]) if kfp else None
         run_task(executor["container"], inputs, name in subprocess_tasks, env or dict(os.environ))
-        recorded[name] = _record(inputs, component.get("outputDefinitions", {}).get("artifacts", {}))
+        declared = component.get("outputDefinitions", {}).get("artifacts", {})
+        recorded[name] = _record(inputs, declared)
+        if kfp:
+            ids = kfp.publish(execution, {k: v[0] for k, v in recorded[name].items()}, declared)
+            for key, artifact_id in ids.items():
+                recorded[name][key][0]["name"] = str(artifact_id)
+    if kfp:
+        kfp.finish()
     return recorded

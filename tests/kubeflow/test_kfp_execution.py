@@ -8,13 +8,17 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from components.cluster_state import LATEST_BLESSED_MODEL, LATEST_STATISTICS, read_record, state_dir
+from components.cluster_state import LATEST_BLESSED_MODEL, LATEST_STATISTICS, PLACEHOLDER, read_record, state_dir
 from components.pusher.publish import TRAINING_RECORD, list_versions
 from kubeflow.kubeflow_runner import cluster_config, compile_pipeline
 from pipeline.config import EvaluationConfig, KubeflowConfig, ThresholdConfig, TrainingConfig, load_config
+from pipeline.metadata import DEFAULT_PASSWORD_ENV, MetadataStore
+from registry import lineage
+from registry.lineage import connect
 from registry.record import metrics_by_slice
 from tests.conftest import SMALL_FEATURES, TAXI_CONFIG, write_csv
 from tests.kubeflow import kfp_harness
+from tests.servers import PASSWORD, start_mysql
 from tests.test_continuous_training import _span_sample
 
 pytestmark = pytest.mark.e2e
@@ -45,13 +49,18 @@ def cluster(tmp_path_factory):
         ),
     )
     spec = compile_pipeline(config, root / "pipeline.yaml")
-    # What kubeflow/Dockerfile bakes into the image from `make image` (the pod has no git checkout).
-    image_env = {"CONVEYOR_GIT_COMMIT": "0123abc", "CONVEYOR_GIT_DIRTY": "no"}
+    # What kubeflow/Dockerfile bakes into the image from `make image` (the pod has no git checkout), and
+    # the password of KFP's MySQL (a MariaDB server on loopback) for `conveyor models list --metadata`.
+    image_env = {"CONVEYOR_GIT_COMMIT": "0123abc", "CONVEYOR_GIT_DIRTY": "no", DEFAULT_PASSWORD_ENV: PASSWORD}
     saved = {k: os.environ.get(k) for k in image_env}
     os.environ.update(image_env)
+    mysql, stop = start_mysql(Path(f"/tmp/conveyor-kfp-mysql-{os.getpid()}"))
     try:
-        return _three_runs(config, spec, data)
+        url = mysql.url()
+        store = connect(MetadataStore.parse(url, DEFAULT_PASSWORD_ENV))
+        yield (*_three_runs(config, spec, data, store), url)
     finally:
+        stop()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -59,17 +68,20 @@ def cluster(tmp_path_factory):
                 os.environ[key] = value
 
 
-def _three_runs(config, spec, data):
-    first = kfp_harness.execute(spec, f"{config.output.pipeline_root}/run-1")
+def _three_runs(config, spec, data, store):
+    """Three executions of the compiled file, recorded in `store` as KFP records them."""
+    first = kfp_harness.execute(spec, f"{config.output.pipeline_root}/run-1", metadata=store)
     versions_first = list_versions(config.serving_model_dir)
     # The same trips in another order: a new span the data gate's drift check (now against run 1's
     # statistics) passes; 200 trips of the real span 2 drift on `company` beyond the schema's 0.2.
     header, rows = _span_sample(1, 200)
     write_csv(data / "span-2" / "data.csv", header, rows[::-1])
-    second = kfp_harness.execute(spec, f"{config.output.pipeline_root}/run-2")
+    second = kfp_harness.execute(spec, f"{config.output.pipeline_root}/run-2", metadata=store)
     versions_second = list_versions(config.serving_model_dir)
     # Nothing changed: KFP runs every task again (ExampleGen is never cached), and nothing new is pushed.
-    third = kfp_harness.execute(spec, f"{config.output.pipeline_root}/run-3", subprocess_tasks=("ImportSchemaGen",))
+    third = kfp_harness.execute(
+        spec, f"{config.output.pipeline_root}/run-3", subprocess_tasks=("ImportSchemaGen",), metadata=store
+    )
     return config, first, versions_first, second, versions_second, third, list_versions(config.serving_model_dir)
 
 
@@ -86,7 +98,8 @@ def _training_record(outputs) -> dict:
 def test_first_run_ingests_the_newest_span_trains_cold_and_pushes_a_loadable_model(cluster):
     config, first, versions, *_ = cluster
     assert _one(first, "CsvExampleGen", "examples")["metadata"]["span"] == 1
-    assert _one(first, "latest_blessed_model", "model")["metadata"]["conveyor_placeholder"] == 1
+    assert _one(first, "latest_blessed_model", "model")["metadata"][PLACEHOLDER] == 1
+    assert lineage.PLACEHOLDER == PLACEHOLDER, "the registry skips the placeholders KFP records as inputs"
     assert _training_record(first)["warm_start"]["base_model"] is None
     assert _one(first, "SafePusher", "pushed_model")["metadata"]["pushed"] == 1
     assert len(versions) == 1
@@ -110,6 +123,35 @@ def test_the_pipeline_writes_the_model_card_and_the_provenance_of_the_cluster_ru
     # The second run's card compares with the first model: its baseline is the latest blessed model.
     second_card = Path(_one(second, "ModelCardGen", "model_card")["metadata"]["card_html"]).read_text()
     assert "baseline: " + _one(second, "latest_blessed_model", "model")["uri"] in second_card
+
+
+def test_models_list_reads_the_cluster_runs_from_kfps_own_ml_metadata(cluster, tmp_path, capsys):
+    """`conveyor models list/show --metadata mysql://...` on the store as KFP's driver and launcher write it
+    (system.PipelineRun contexts, task_name executions, tfx.* artifact types): both pushed versions, their
+    spans and metrics, and the provenance the pipeline's ModelCardGen recorded."""
+    import yaml
+
+    from cli.main import main
+    from tests.conftest import TAXI_CONFIG
+
+    config, _, _, _, versions, *_, url = cluster
+    raw = yaml.safe_load(TAXI_CONFIG.read_text())
+    raw["schema"] = str((TAXI_CONFIG.parent / raw["schema"]).resolve())
+    raw["data"]["root"] = str((TAXI_CONFIG.parent / raw["data"]["root"]).resolve())
+    raw["kubeflow"]["serving_root"] = str(Path(config.serving_model_dir).parent)
+    path = tmp_path / "taxi.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    common = ["--config", str(path), "--output-dir", str(tmp_path / "out"), "--metadata", url]
+    assert main(["models", "list", *common]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert [r[0] for r in rows] == [str(v) for v in reversed(versions)], out
+    assert [r[2] for r in rows] == ["2", "1"], "spans"
+    assert "auc" in out and "pushed by Kubeflow to" in out
+    assert main(["models", "show", str(versions[0]), *common]) == 0
+    shown = capsys.readouterr().out
+    assert "started by: Kubeflow Pipelines run run-1" in shown and "git commit: 0123abc" in shown
+    assert "SafePusher" in shown and "blessed: yes" in shown
 
 
 def test_second_run_takes_the_new_span_warm_starts_from_the_first_model_and_compares_with_it(cluster):
@@ -139,7 +181,7 @@ def test_drift_is_checked_against_the_previous_runs_statistics(cluster):
 
 
 def test_an_unchanged_rerun_pushes_nothing_new(cluster):
-    config, _, _, second, versions_second, third, versions_third = cluster
+    config, _, _, second, versions_second, third, versions_third, _ = cluster
     assert _one(third, "CsvExampleGen", "examples")["metadata"]["span"] == 2
     pushed = _one(third, "SafePusher", "pushed_model")["metadata"]
     assert pushed["pushed"] == 0
@@ -149,6 +191,6 @@ def test_an_unchanged_rerun_pushes_nothing_new(cluster):
 
 def test_a_task_runs_as_the_containers_own_command_in_a_process_of_its_own(cluster):
     """ImportSchemaGen of the third run ran as `python -m kubeflow.entrypoint ...`, a real process."""
-    *_, third, _ = cluster
+    *_, third, _, _ = cluster
     schema = Path(_one(third, "ImportSchemaGen", "schema")["uri"]) / "schema.pbtxt"
     assert schema.read_text() == (Path(kfp_harness.PROJECT_ROOT) / "schema" / "taxi" / "schema.pbtxt").read_text()
