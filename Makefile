@@ -51,7 +51,7 @@ image:
 	  --build-arg GIT_DIRTY=$$(if [ -n "$$(git status --porcelain)" ]; then echo yes; else echo no; fi) .
 	docker push $(IMAGE)
 
-# Beam's Flink job-server jar for `conveyor run --engine flink`, into ~/.cache/conveyor (needs Java).
+# Beam's Flink job server for `conveyor run --engine flink`, into ~/.cache/conveyor (needs Java and Maven).
 flink-jar:
 	.ci/flink-jar
 

@@ -1,9 +1,11 @@
 """Which Beam runner a local run's data components use: the DirectRunner, or Apache Flink's embedded
-cluster through Beam's FlinkRunner and its job-server jar. Imports nothing of the project.
+cluster through Beam's FlinkRunner and its job server. Imports nothing of the project.
 
-The jar is Beam's own build for our Beam version (constraints.txt) and the newest Flink that Beam
-2.61 publishes a runner for (`FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS`); `.ci/flink-jar` takes
-it from Maven Central into the cache below, never into the work tree.
+The job server is Beam's own Flink runner for the newest Flink that Beam 2.61 publishes a runner for
+(`FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS`). Maven Central as these machines reach it serves
+neither Beam's shaded job-server jar nor the runner at our SDK's 2.61.0, so `.ci/flink-jar` resolves
+the runner module at RUNNER_VERSION with its dependencies into the cache below (never the work tree)
+and writes a launcher jar that starts its FlinkJobServerDriver.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from pathlib import Path
 
 BEAM_VERSION = "2.61.0"
 FLINK_VERSION = "1.19"
-JOB_SERVER_ARTIFACT = f"beam-runners-flink-{FLINK_VERSION}-job-server"
-JOB_SERVER_COORDINATES = f"org.apache.beam:{JOB_SERVER_ARTIFACT}:{BEAM_VERSION}"
+RUNNER_ARTIFACT = f"beam-runners-flink-{FLINK_VERSION}"
+# One minor release ahead of the Python SDK: the oldest the registry serves (see the module's doc).
+RUNNER_VERSION = "2.62.0"
+JOB_SERVER_COORDINATES = f"org.apache.beam:{RUNNER_ARTIFACT}:{RUNNER_VERSION}"
 ENGINES = ("direct", "flink")
 # LOOPBACK: the Python workers are this process's threads, so every module the run imports
 # (components.*, this project's installed code) is there without staging or an image; the Flink
@@ -28,7 +32,7 @@ class EngineUnavailable(RuntimeError):
 
 
 def cache_dir() -> Path:
-    """Where `.ci/flink-jar` keeps the jar: $CONVEYOR_CACHE, else $XDG_CACHE_HOME/conveyor, else
+    """Where `.ci/flink-jar` keeps the job server: $CONVEYOR_CACHE, else $XDG_CACHE_HOME/conveyor, else
     ~/.cache/conveyor (the same rule as the script)."""
     if os.environ.get("CONVEYOR_CACHE"):
         return Path(os.environ["CONVEYOR_CACHE"])
@@ -36,8 +40,8 @@ def cache_dir() -> Path:
 
 
 def job_server_jar() -> Path:
-    """The cached Flink job-server jar's path (it may not exist yet)."""
-    return cache_dir() / f"{JOB_SERVER_ARTIFACT}-{BEAM_VERSION}.jar"
+    """The cached job server's launcher jar (it may not exist yet); its jars lie in `lib/` beside it."""
+    return cache_dir() / f"flink-job-server-{RUNNER_VERSION}" / "job-server.jar"
 
 
 def java() -> str | None:

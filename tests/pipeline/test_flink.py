@@ -25,7 +25,8 @@ def test_setup_script_fetches_the_jar_the_runner_uses():
 
     beam = re.search(r"^apache-beam==(\S+)$", (PROJECT_ROOT / "constraints.txt").read_text(), re.M).group(1)
     assert _script_value("BEAM_VERSION") == engines.BEAM_VERSION == beam
-    assert _script_value("ARTIFACT") == engines.JOB_SERVER_ARTIFACT
+    assert _script_value("RUNNER_ARTIFACT") == engines.RUNNER_ARTIFACT
+    assert _script_value("RUNNER_VERSION") == engines.RUNNER_VERSION
     assert engines.FLINK_VERSION == FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS[-1]
 
 
@@ -83,6 +84,22 @@ def test_setup_script_without_java_says_so_in_one_line(tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
+def test_setup_script_without_maven_says_so_in_one_line(tmp_path):
+    java = engines.java()
+    if java is None:
+        pytest.skip("needs Java, which .ci/run installs")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "java").symlink_to(java)
+    env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "CONVEYOR_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(["/bin/bash", str(SETUP)], env=env, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "flink-jar: Maven is needed to fetch Beam's Flink job server: apt-get install maven"
+    ]
+    assert not (tmp_path / "cache").exists()
+
+
 def _record_counts(pipeline_root: Path) -> dict[str, int]:
     """Examples per split as ExampleGen wrote them to disk."""
     import tensorflow as tf
@@ -128,17 +145,14 @@ def _exact_statistics(pipeline_root: Path) -> dict[tuple[str, str], dict]:
 
 
 def _flink_jar() -> Path:
-    """The job-server jar, fetched by the set-up script; a registry that refuses it skips the test
-    (there is nothing this repository can do about it), anything else fails it."""
+    """The job server's launcher jar, made by the set-up script (cached after the first time); a
+    set-up that fails fails the test."""
     result = subprocess.run([str(SETUP)], capture_output=True, text=True)
-    if result.returncode == 0:
-        return Path(result.stdout.strip().splitlines()[-1])
-    if "Maven Central answered HTTP 404" in result.stderr:
-        # The one thing this run needs from outside: without Beam's job server there is no Flink to run on.
-        pytest.skip(
-            f"Beam's Flink job server cannot be downloaded here, so nothing can run on Flink: {result.stderr.strip()}"
-        )
-    pytest.fail(result.stderr.strip())
+    if result.returncode != 0:
+        pytest.fail(result.stderr.strip())
+    jar = Path(result.stdout.strip().splitlines()[-1])
+    assert jar == engines.job_server_jar(), "the set-up script and pipeline/engines.py disagree on the cache"
+    return jar
 
 
 @pytest.mark.e2e
