@@ -152,6 +152,11 @@ def test_models_list_reads_the_cluster_runs_from_kfps_own_ml_metadata(cluster, t
     shown = capsys.readouterr().out
     assert "started by: Kubeflow Pipelines run run-1" in shown and "git commit: 0123abc" in shown
     assert "SafePusher" in shown and "blessed: yes" in shown
+    assert main(["runs", "list", *common]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 3 and all(" succeeded " in line for line in listed), listed
+    assert "pushed version" not in listed[0], "run 3 (newest) pushed nothing new"
+    assert [sum(f"pushed version {v}" in line for line in listed) for v in versions] == [1, 1], listed
 
 
 def test_second_run_takes_the_new_span_warm_starts_from_the_first_model_and_compares_with_it(cluster):
