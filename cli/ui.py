@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from cli.options import EXIT_OK, EXIT_USAGE, add_registry, library_logs_to
@@ -55,6 +57,23 @@ def schema_review(config):
     return Path(config.schema_path).parent / review.REVIEW_LOG, schema_diff
 
 
+def _read_ahead(registry) -> None:
+    """registry.read_ahead(), with one line when it is done, or in the UI log why it stopped (a page drawn
+    later reads for itself and shows the same error to the person asking)."""
+    from ml_metadata import errors
+
+    from pipeline.metadata import MetadataUnavailable
+
+    started = time.monotonic()
+    try:
+        total, versions = registry.read_ahead()
+    except (OSError, ValueError, MetadataUnavailable, errors.StatusError) as err:
+        logging.getLogger("conveyor.ui").warning("reading the registry ahead stopped: %s", err)
+        return
+    took = time.monotonic() - started
+    print(f"conveyor ui: read {total} runs and {versions} versions ahead ({took:.1f} s)", flush=True)
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from registry.lineage import open_store
@@ -70,6 +89,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     host, port = server.server_address[:2]
     print(f"conveyor ui: http://{host}:{port}/runs (Ctrl-C to stop)", flush=True)
+    # Pages are answered at once; meanwhile the registry is read ahead so that the first ones need not wait.
+    threading.Thread(target=_read_ahead, args=(registry,), daemon=True, name="read-ahead").start()
     # SIGTERM ends it like Ctrl-C; shutdown() must come from another thread than serve_forever's.
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     with library_logs_to(Path(args.output_dir) / "logs" / UI_LOG):

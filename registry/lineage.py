@@ -153,6 +153,28 @@ def _kfp_runs(store: metadata_store.MetadataStore, pipeline_name: str) -> list[m
     return [c for c in store.get_children_contexts_by_context(pipeline.id) if c.type_id == run_type]
 
 
+def node_executions(
+    store: metadata_store.MetadataStore, pipeline_name: str, nodes: tuple[str, ...], extra: str = ""
+) -> list[metadata_store_pb2.Execution]:
+    """The executions of these components in any run (a superset: callers pick their nodes by id), in a
+    query or two: by TFX's node context `<pipeline>.<node>` (a node may end in `%`, LIKE's wildcard), and
+    in a store Kubeflow wrote by KFP's task name; `extra` (a filter clause) lets more in. Every execution
+    when the name cannot be quoted in a filter query."""
+    if "'" in pipeline_name or "\\" in pipeline_name:
+        return store.get_executions()
+    clauses = [f"contexts_a.name {'LIKE' if '%' in n else '='} '{pipeline_name}.{n}'" for n in nodes]
+    query = " OR ".join(([extra] if extra else []) + clauses)
+    found = {e.id: e for e in store.get_executions(list_options=metadata_store.ListOptions(filter_query=query))}
+    if store.get_context_by_type_and_name(KFP_PIPELINE, pipeline_name) is not None:
+        # A custom-property clause joined with the others would drop executions lacking it: asked apart.
+        tasks = " OR ".join(
+            f"custom_properties.{KFP_TASK_NAME}.string_value {'LIKE' if '%' in n else '='} '{n}'" for n in nodes
+        )
+        options = metadata_store.ListOptions(filter_query=tasks)
+        found.update((e.id, e) for e in store.get_executions(list_options=options))
+    return [found[i] for i in sorted(found)]
+
+
 def _node_id(store, execution_id: int, pipeline_name: str, execution=None) -> str:
     """The component an execution ran: TFX's node context `<pipeline>.<node>`, else KFP's task name
     ("" for KFP's DAG executions), else "?"."""
@@ -175,7 +197,7 @@ def _node_id(store, execution_id: int, pipeline_name: str, execution=None) -> st
 _SUBGRAPH_LIMIT = 100
 
 
-def _associations(store: metadata_store.MetadataStore, execution_ids: list[int]) -> dict[int, list[int]]:
+def execution_contexts(store: metadata_store.MetadataStore, execution_ids: list[int]) -> dict[int, list[int]]:
     """Execution id -> the ids of its contexts, ascending (as get_contexts_by_execution orders them);
     one query per hundred executions instead of one per execution."""
     ids = sorted(set(execution_ids))
@@ -220,7 +242,7 @@ class Lineage:
         executions = store.get_executions() if executions is None else executions
         self._executions = {e.id: e for e in executions}
         ids = sorted(self._executions)
-        self._contexts_of = _associations(store, ids) if ids else {}
+        self._contexts_of = execution_contexts(store, ids) if ids else {}
         context_ids = sorted({c for cs in self._contexts_of.values() for c in cs})
         self._contexts = {c.id: c for c in store.get_contexts_by_id(context_ids)} if context_ids else {}
         self._by_context: dict[int, list[metadata_store_pb2.Execution]] = {}

@@ -12,11 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from pipeline.metadata import MetadataStore
-from registry.lineage import Lineage, NodeExecution, custom_property, open_store, pipeline_runs, run_executions
+from registry.lineage import (
+    Lineage,
+    NodeExecution,
+    custom_property,
+    node_executions,
+    open_store,
+    pipeline_runs,
+    run_executions,
+)
 from registry.summary import RunSummary, outcome_summary, summarize
 
 PROVENANCE_KEYS = ("user", "git_commit", "git_dirty", "config")
@@ -155,20 +162,30 @@ def runs_page(
 
 def _outcome_kinds(store, found: list[metadata_store_pb2.Context], pipeline_name: str) -> dict[int, str]:
     """Run id -> outcome().kind, from the executions the outcome depends on (no file is read)."""
-    if "'" in pipeline_name or "\\" in pipeline_name:  # not quotable in a filter query: read them all
-        executions = store.get_executions()
-    else:  # LIKE's wildcards in a name only let more in; run_status and outcome pick their nodes themselves
-        query = (
-            f"last_known_state = FAILED OR contexts_a.name LIKE '{pipeline_name}.%Pusher'"
-            f" OR contexts_a.name = '{pipeline_name}.Evaluator'"
-        )
-        executions = store.get_executions(list_options=metadata_store.ListOptions(filter_query=query))
+    executions = node_executions(store, pipeline_name, ("%Pusher", "Evaluator"), extra="last_known_state = FAILED")
     lineage = Lineage(store, executions, {run.id for run in found})
     kinds = {}
     for run in found:
         executions = run_executions(lineage, run, pipeline_name)
         kinds[run.id] = outcome(executions, outcome_summary(run.name, executions)).kind
     return kinds
+
+
+def runs_of_nodes(
+    store: str | MetadataStore, pipeline_name: str, nodes: tuple[str, ...]
+) -> list[tuple[metadata_store_pb2.Context, dict[str, NodeExecution], RunSummary]]:
+    """Every run newest first as runs() gives it, but holding only these components' executions (and the
+    summary made of them): a page about one stage (the data page's statistics) reads that stage alone."""
+    store = open_store(store)
+    found = pipeline_runs(store, pipeline_name)
+    if not found:
+        return []
+    lineage = Lineage(store, node_executions(store, pipeline_name, nodes), {run.id for run in found})
+    out = []
+    for run in reversed(found):
+        executions = {k: v for k, v in run_executions(lineage, run, pipeline_name).items() if k in nodes}
+        out.append((run, executions, summarize(run.name, executions, lineage, pipeline_name)))
+    return out
 
 
 def one_run(

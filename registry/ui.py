@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from components.pusher.publish import MODELS_CONFIG, list_versions, pinned_versions
 from registry import ui_compare, ui_data, ui_memo, ui_pages, ui_run
 from registry.lineage import open_store
-from registry.runs import OUTCOMES, one_run, provenance, runs, runs_page
+from registry.runs import OUTCOMES, one_run, provenance, runs_of_nodes, runs_page
 from registry.versions import served_version, versions
 
 MAX_FILE_BYTES = 2_000_000
@@ -66,13 +66,32 @@ class Registry:
         """ML Metadata, opened read-only for one request."""
         return open_store(self.config.output.store)
 
-    def runs(self) -> list:
-        """registry.runs.runs for this pipeline, read again only when ML Metadata or the files changed."""
-        return self.memo.get(("runs", self.state()), lambda: runs(self.where, self.config.name))
+    def statistics_runs(self) -> list:
+        """Every run with its statistics and validation only (registry.runs.runs_of_nodes), read again only
+        when ML Metadata or the files changed."""
+        nodes = (ui_data.STATISTICS_NODE, ui_data.VALIDATION_NODE)
+        return self.memo.get(("statistics", self.state()), lambda: runs_of_nodes(self.where, self.config.name, nodes))
 
     def versions(self) -> list:
         """registry.versions.versions for this model, read again only when ML Metadata or the files changed."""
         return self.memo.get(("versions", self.state()), lambda: versions(self.where, self.config.name, self.model_dir))
+
+    def read_ahead(self) -> tuple[int, int]:
+        """Reads what the pages read first, so that no person waits for it: every version with its
+        evaluation per slice and thresholds, the first page of runs, every run's statistics. Fills the
+        per-process file values (registry.summary.from_files) and the memo; returns (runs, versions) read.
+        """
+        from registry.record import evaluation_metrics, thresholds
+
+        records = self.versions()
+        for record in records:
+            evaluator = record.executions.get("Evaluator")
+            if evaluator is not None and evaluator.output("evaluation") is not None:
+                evaluation_metrics(evaluator.output("evaluation"))
+                thresholds(evaluator)
+        first = runs_page(self.where, self.config.name)
+        self.statistics_runs()
+        return first.total, len(records)
 
     def state(self) -> tuple:
         """What the pages are drawn from, as registry.ui_memo compares it: ML Metadata and the files beside."""
@@ -242,7 +261,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, ui_compare.compare_page(a, b, self.registry.config.model_name, form))
 
     def _data(self, uri: Optional[str]) -> None:
-        found = ui_data.span_statistics(self.registry.open(), self.registry.runs())
+        found = ui_data.span_statistics(self.registry.open(), self.registry.statistics_runs())
         chosen = next((s for s in found if s.uri == uri), None) if uri else (found[0] if found else None)
         if uri and chosen is None:
             self._error(HTTPStatus.NOT_FOUND, "no run computed those statistics; see /data")

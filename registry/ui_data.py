@@ -21,6 +21,7 @@ from registry.summary import RunSummary
 from registry.ui_pages import artifact_link, e, page
 
 STATISTICS_NODE = "StatisticsGen"
+VALIDATION_NODE = "ExampleValidator"  # its anomalies are shown beside the statistics
 MAX_BARS = 12
 
 
@@ -41,7 +42,8 @@ def span_statistics(store, runs: list) -> list[SpanStatistics]:
 
     Args:
       store: the open ML Metadata store.
-      runs: (run, executions, summary) newest first, as registry.runs.runs returns them.
+      runs: (run, executions, summary) newest first, as registry.runs.runs (or runs_of_nodes, with these
+        two nodes at least) returns them.
 
     Returns:
       One entry per StatisticsGen output; a cached run reusing it is listed in `used_by`.

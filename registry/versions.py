@@ -24,6 +24,7 @@ from registry.lineage import (
     NodeExecution,
     created_ms,
     custom_property,
+    execution_contexts,
     int_property,
     model_origin,
     open_store,
@@ -65,12 +66,22 @@ def _pushed_artifacts(store: metadata_store.MetadataStore) -> list[metadata_stor
     return [a for a in found if custom_property(a, "pushed")]
 
 
-def _run_of_artifact(store, artifact_id: int, runs_by_id) -> Optional[metadata_store_pb2.Context]:
-    for event in store.get_events_by_artifact_ids([artifact_id]):
-        for context in store.get_contexts_by_execution(event.execution_id):
-            if context.id in runs_by_id:
-                return context
-    return None
+def _runs_of_artifacts(store, artifact_ids: list[int], runs_by_id) -> dict[int, metadata_store_pb2.Context]:
+    """Artifact id -> the first run (in the store's order of its events) one of its executions belongs to.
+
+    Two queries and one per hundred executions, whatever the number of artifacts: their events, then the
+    contexts of the executions those name.
+    """
+    events = store.get_events_by_artifact_ids(artifact_ids) if artifact_ids else []
+    contexts_of = execution_contexts(store, [ev.execution_id for ev in events]) if events else {}
+    found: dict[int, metadata_store_pb2.Context] = {}
+    for ev in events:
+        if ev.artifact_id in found:
+            continue
+        run_id = next((c for c in contexts_of.get(ev.execution_id, []) if c in runs_by_id), None)
+        if run_id is not None:
+            found[ev.artifact_id] = runs_by_id[run_id]
+    return found
 
 
 def versions(
@@ -81,16 +92,19 @@ def versions(
     pushed there (the serving directory as the cluster's pods mount it)."""
     store = open_store(store)
     runs = {c.id: c for c in pipeline_runs(store, pipeline_name)}
-    pushed = _pushed_artifacts(store)
-    lineage = Lineage(store) if pushed else None  # ML Metadata read once, not once per version
+    roots = (Path(model_dir), Path(cluster_model_dir or model_dir))
+    pushed = [
+        a for a in _pushed_artifacts(store) if Path(custom_property(a, "pushed_destination") or "").parent in roots
+    ]
+    run_of = _runs_of_artifacts(store, [a.id for a in pushed], runs)
+    # Only the runs that pushed a version are read (a few queries for all of them), not the whole history.
+    lineage = Lineage.of_runs(store, sorted({r.id for r in run_of.values()})) if run_of else None
     records = []
     for artifact in pushed:
-        destination = custom_property(artifact, "pushed_destination") or ""
-        if Path(destination).parent not in (Path(model_dir), Path(cluster_model_dir or model_dir)):
-            continue
+        destination = custom_property(artifact, "pushed_destination")
         version = int(custom_property(artifact, "pushed_version"))
         rollback_of = int_property(artifact, "rollback_of")
-        run = _run_of_artifact(lineage, artifact.id, runs)
+        run = run_of.get(artifact.id)
         record = VersionRecord(version, _time(created_ms(artifact)), destination, run.name if run else "")
         record.rollback_of = rollback_of
         if run is not None:

@@ -157,6 +157,15 @@ def test_models_list_reads_the_cluster_runs_from_kfps_own_ml_metadata(cluster, t
     assert len(listed) == 3 and all(" succeeded " in line for line in listed), listed
     assert "pushed version" not in listed[0], "run 3 (newest) pushed nothing new"
     assert [sum(f"pushed version {v}" in line for line in listed) for v in versions] == [1, 1], listed
+    # The UI's per-stage reads find KFP's tasks by their task_name (no TFX node contexts on a cluster).
+    from pipeline.metadata import MetadataStore
+    from registry.runs import runs_of_nodes, runs_page
+
+    store = MetadataStore.parse(url)
+    stats = runs_of_nodes(store, config.name, ("StatisticsGen", "ExampleValidator"))
+    assert len(stats) == 3 and all(set(ex) == {"StatisticsGen", "ExampleValidator"} for _, ex, _ in stats)
+    assert all(summary.rows.get("train") for _, _, summary in stats)
+    assert runs_page(store, config.name, "pushed").total == 2
 
 
 def test_second_run_takes_the_new_span_warm_starts_from_the_first_model_and_compares_with_it(cluster):

@@ -519,3 +519,43 @@ def test_new_pages_escape_feature_names_run_errors_and_pipeline_names(tmp_path):
     record = VersionRecord(1, attack, attack, attack, summary=summary)
     for body in (data, run_body, compare_page(record, record, attack)):
         assert "<script" not in body and e(attack) in body
+
+
+def test_the_data_pages_runs_hold_statistics_and_validation_alone_with_the_values_runs_gives(two_runs, e2e_config):
+    """The data page reads two components of every run (registry.runs.runs_of_nodes), not whole runs."""
+    from registry.runs import runs_of_nodes
+
+    nodes = ("StatisticsGen", "ExampleValidator")
+    whole = runs(e2e_config.output.store, e2e_config.name)
+    partial = runs_of_nodes(e2e_config.output.store, e2e_config.name, nodes)
+    assert [run.name for run, _, _ in partial] == [run.name for run, _, _ in whole]
+    for (_, executions, summary), (_, all_executions, all_summary) in zip(partial, whole, strict=True):
+        assert set(executions) == set(nodes) and set(all_executions) > set(nodes)
+        for node in nodes:
+            assert executions[node].execution.id == all_executions[node].execution.id
+            assert executions[node].outputs.keys() == all_executions[node].outputs.keys()
+            for key, artifacts in all_executions[node].inputs.items():
+                assert [a.id for a in executions[node].inputs[key]] == [a.id for a in artifacts], (node, key)
+        assert summary.rows == all_summary.rows and summary.rows
+        assert summary.anomalies == all_summary.anomalies
+
+
+def test_read_ahead_reads_every_version_and_evaluation_before_anyone_asks(private):
+    """`conveyor ui` reads the registry ahead on start: the versions are then kept for the pages, and each
+    version's evaluation per slice and validation result were read from its files."""
+    from registry.summary import forget_files, from_files
+
+    forget_files()
+    log, schema_diff = schema_review(private)
+    registry = Registry(private, output_dir_of(private), rollback_action(private), log, schema_diff)
+    total, count = registry.read_ahead()
+    expected = versions(private.output.store, private.name, private.serving_model_dir)
+    assert total == len(runs(private.output.store, private.name)) and count == len(expected) >= 1
+    kept = registry.memo.get(("versions", registry.state()), lambda: pytest.fail("versions not read ahead"))
+    assert [(r.version, r.run_id) for r in kept] == [(r.version, r.run_id) for r in expected]
+    evaluated = [r for r in kept if "Evaluator" in r.executions]
+    assert evaluated, "the pushed versions were evaluated"
+    for record in evaluated:
+        evaluation = record.executions["Evaluator"].output("evaluation")
+        assert from_files("metrics by slice", evaluation, lambda: pytest.fail("evaluation not read ahead"))
+        from_files("validation failures", evaluation, lambda: pytest.fail("validation not read ahead"))
