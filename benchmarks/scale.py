@@ -278,6 +278,7 @@ def main(argv=None) -> int:
             )
         for mode in args.modes.split(","):
             out = work / f"out-{size}-{mode}"
+            out.mkdir(parents=True)  # ML Metadata's SQLite file is created there, not its directory
             beam = [f"--direct_running_mode={mode}"]
             if mode == "multi_processing":
                 beam.append(f"--direct_num_workers={os.cpu_count()}")
