@@ -60,6 +60,7 @@ def schema_review(config):
 def _read_ahead(registry) -> None:
     """registry.read_ahead(), with one line when it is done, or in the UI log why it stopped (a page drawn
     later reads for itself and shows the same error to the person asking)."""
+    import tensorflow as tf
     from ml_metadata import errors
 
     from pipeline.metadata import MetadataUnavailable
@@ -67,7 +68,7 @@ def _read_ahead(registry) -> None:
     started = time.monotonic()
     try:
         total, versions = registry.read_ahead()
-    except (OSError, ValueError, MetadataUnavailable, errors.StatusError) as err:
+    except (OSError, ValueError, MetadataUnavailable, errors.StatusError, tf.errors.OpError) as err:
         logging.getLogger("conveyor.ui").warning("reading the registry ahead stopped: %s", err)
         return
     took = time.monotonic() - started
@@ -89,11 +90,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     host, port = server.server_address[:2]
     print(f"conveyor ui: http://{host}:{port}/runs (Ctrl-C to stop)", flush=True)
-    # Pages are answered at once; meanwhile the registry is read ahead so that the first ones need not wait.
-    threading.Thread(target=_read_ahead, args=(registry,), daemon=True, name="read-ahead").start()
     # SIGTERM ends it like Ctrl-C; shutdown() must come from another thread than serve_forever's.
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     with library_logs_to(Path(args.output_dir) / "logs" / UI_LOG):
+        # Pages are answered at once; meanwhile the registry is read ahead so that the first ones need not wait
+        # (its library warnings go to the UI's log too).
+        threading.Thread(target=_read_ahead, args=(registry,), daemon=True, name="read-ahead").start()
         try:
             server.serve_forever()
         except KeyboardInterrupt:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,21 +96,35 @@ def connect(store: MetadataStore) -> metadata_store.MetadataStore:
         raise store.unavailable(str(err)) from None
 
 
+_QUIET_LOCK = threading.Lock()
+_quiet = {"depth": 0, "saved": -1}
+
+
 @contextlib.contextmanager
 def quiet_stderr(quiet: bool) -> Iterator[None]:
-    """ml_metadata's server clients log every connection on fd 2 (glog); a command's output stays its own."""
+    """ml_metadata's server clients log every connection on fd 2 (glog); a command's output stays its own.
+
+    fd 2 is the process's, so threads share one swap: the first in points it at /dev/null, the last out
+    puts it back (two threads each saving and restoring it could leave it silenced for good).
+    """
     if not quiet:
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    with _QUIET_LOCK:
+        if _quiet["depth"] == 0:
+            sys.stderr.flush()
+            _quiet["saved"] = os.dup(2)
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 2)
+        _quiet["depth"] += 1
+    try:
+        yield
+    finally:
+        with _QUIET_LOCK:
+            _quiet["depth"] -= 1
+            if _quiet["depth"] == 0:
+                os.dup2(_quiet["saved"], 2)
+                os.close(_quiet["saved"])
 
 
 # ML Metadata sets a node's times itself; a copied node keeps its original ones in these properties.

@@ -27,6 +27,8 @@ from registry.runs import OUTCOMES, one_run, provenance, runs_of_nodes, runs_pag
 from registry.versions import served_version, versions
 
 MAX_FILE_BYTES = 2_000_000
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 MAX_FORM_BYTES = 4096
 CARD = Path("assets.extra") / "model_card.html"
 
@@ -58,6 +60,12 @@ class Registry:
         return self.config.serving_model_dir
 
     @property
+    def cluster_model_dir(self) -> Optional[str]:
+        """Where Kubeflow runs push this model (the config's kubeflow.serving_root), as `models list` reads it."""
+        root = self.config.kubeflow.serving_root
+        return str(Path(root) / self.config.model_name) if root else None
+
+    @property
     def where(self):
         """The config's store, as registry.runs and registry.versions take it (they open it per call)."""
         return self.config.output.store
@@ -74,7 +82,10 @@ class Registry:
 
     def versions(self) -> list:
         """registry.versions.versions for this model, read again only when ML Metadata or the files changed."""
-        return self.memo.get(("versions", self.state()), lambda: versions(self.where, self.config.name, self.model_dir))
+        return self.memo.get(
+            ("versions", self.state()),
+            lambda: versions(self.where, self.config.name, self.model_dir, self.cluster_model_dir),
+        )
 
     def read_ahead(self) -> tuple[int, int]:
         """Reads what the pages read first, so that no person waits for it: every version with its
@@ -96,9 +107,25 @@ class Registry:
     def state(self) -> tuple:
         """What the pages are drawn from, as registry.ui_memo compares it: ML Metadata and the files beside."""
         model_dir = Path(self.model_dir)
-        files = (model_dir, model_dir.parent / MODELS_CONFIG, self.output_dir / ui_run.LOG_DIR)
+        # The run logs themselves, not their directory: the UI's own log lives there too.
+        run_logs = tuple(sorted((self.output_dir / ui_run.LOG_DIR).glob(ui_run.LOG_GLOB)))
+        files = (model_dir, model_dir.parent / MODELS_CONFIG, *run_logs)
+        # The data page's `schema diff` is against the curated schema now, and links its latest reports.
+        files += (Path(self.config.schema_path), self.output_dir / ui_data.SCHEMA_REVIEW_DIR)
         files += (self.review_log,) if self.review_log is not None else ()
-        return ui_memo.store_state(self.open()), ui_memo.files_state(files)
+        return ui_memo.store_state(self.open()), run_logs, ui_memo.files_state(files)
+
+
+def _card_html(record) -> Optional[str]:
+    """The version's model card: beside the pushed model, else the copy in ModelCardGen's `model_card`
+    artifact (a version retention removed, or one a Kubeflow run pushed where this machine cannot see)."""
+    card = Path(record.destination) / CARD
+    if card.is_file():
+        return card.read_text(encoding="utf-8")
+    card_gen = record.executions.get("ModelCardGen")
+    artifact = card_gen.output("model_card") if card_gen is not None else None
+    copy = Path(artifact.uri) / CARD.name if artifact is not None else None
+    return copy.read_text(encoding="utf-8") if copy is not None and copy.is_file() else None
 
 
 def labels(model_dir: str) -> dict[str, int]:
@@ -143,7 +170,25 @@ class Handler(BaseHTTPRequestHandler):
     def _error(self, status: HTTPStatus, text: str) -> None:
         self._send(status, ui_pages.message_page(f"{status.value} {status.phrase}", text))
 
+    def _trusted(self) -> bool:
+        """False (and answered 403) for a request another site's page made through a name it points at this
+        machine (DNS rebinding): on a loopback address only loopback names are served, and a POST's Origin,
+        when sent, must be this server itself."""
+        host = (self.headers.get("Host") or "").strip().lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        bound = self.server.server_address[0]
+        if bound in LOOPBACK and name not in LOOPBACK_NAMES:
+            self._error(HTTPStatus.FORBIDDEN, f"this server answers to 127.0.0.1 or localhost, not {host!r}")
+            return False
+        origin = self.headers.get("Origin")
+        if self.command == "POST" and origin is not None and urlsplit(origin).netloc.lower() != host:
+            self._error(HTTPStatus.FORBIDDEN, "the rollback must come from this server's own page")
+            return False
+        return True
+
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if not self._trusted():
+            return
         url = urlsplit(self.path)
         # Files are read as they are; the confirmation carries a token; both are cheap. Pages are kept.
         if url.path.strip("/") in ("", "files") or url.path.endswith("/rollback"):
@@ -198,6 +243,8 @@ class Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(err))
 
     def do_POST(self) -> None:  # noqa: N802
+        if not self._trusted():
+            return
         parts = [p for p in urlsplit(self.path).path.strip("/").split("/") if p]
         if not (len(parts) == 3 and parts[0] == "models" and parts[1].isdigit() and parts[2] == "rollback"):
             self._error(HTTPStatus.METHOD_NOT_ALLOWED, "this page is read-only")
@@ -292,13 +339,13 @@ class Handler(BaseHTTPRequestHandler):
         if record is None:
             self._error(HTTPStatus.NOT_FOUND, f"version {version} was never pushed to {self.registry.model_dir}")
             return
-        card = Path(record.destination) / CARD
-        card_html = card.read_text(encoding="utf-8") if card.is_file() else None
+        card_html = _card_html(record)
         present = list_versions(self.registry.model_dir)
         rollback_ok = version in present and version != served_version(self.registry.model_dir)
         known = tuple(r.version for r in records)
         store = self.registry.open()
-        body = ui_pages.version_page(record, self.registry.config, store, card_html, rollback_ok, older, known)
+        reviews = ui_data.read_reviews(self.registry.review_log)
+        body = ui_pages.version_page(record, self.registry.config, store, card_html, rollback_ok, older, known, reviews)
         self._send(HTTPStatus.OK, body)
 
     def _confirm(self, version: int) -> None:

@@ -21,13 +21,15 @@ from registry.summary import RunSummary
 from registry.ui_pages import artifact_link, e, page
 
 STATISTICS_NODE = "StatisticsGen"
+SCHEMA_REVIEW_DIR = "schema_review"  # under the output directory: `conveyor schema diff`'s reports
 VALIDATION_NODE = "ExampleValidator"  # its anomalies are shown beside the statistics
 MAX_BARS = 12
 
 
 @dataclass
 class SpanStatistics:
-    """One statistics artifact: the spans it describes, the run that used it newest, and that run's summary."""
+    """One statistics artifact: the spans it describes, the run that computed it (the newest that used it
+    when none of the runs read computed it), the newest run's summary, and every run that used it."""
 
     spans: list[int]
     run: str
@@ -56,6 +58,8 @@ def span_statistics(store, runs: list) -> list[SpanStatistics]:
             continue
         if artifact.id in found:
             found[artifact.id].used_by.append(run.name)
+            if node.state == "complete":  # the run that computed them; the newer ones took them from the cache
+                found[artifact.id].run = run.name
             continue
         spans = sorted({s for examples in node.inputs.get("examples", []) for s in example_spans(store, examples)})
         splits = json.loads(string_property(artifact, "split_names"))
@@ -163,7 +167,7 @@ def _reviews_block(log: Optional[Path], reviews: list[dict], output_dir: Path) -
             f"<table class='changes'><tr><th>feature</th><th>kind</th><th>change (as `schema diff` "
             f"reported it)</th></tr>{changes}</table></li>"
         )
-    reports = [p for p in sorted((output_dir / "schema_review").glob("schema_diff.*")) if p.is_file()]
+    reports = [p for p in sorted((output_dir / SCHEMA_REVIEW_DIR).glob("schema_diff.*")) if p.is_file()]
     latest = " ".join(artifact_link(str(p)) for p in reports)
     tail = f"<p>The latest <code>schema diff</code> reports: {latest}</p>" if reports else ""
     return f"<p>Review log: {e(log)}</p><ol id='reviews'>{''.join(items)}</ol>{tail}"

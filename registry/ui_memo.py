@@ -49,16 +49,35 @@ class Memo:
         self._pages: OrderedDict[Any, Any] = OrderedDict()
         self._kept = kept
         self._lock = threading.Lock()
+        self._drawing: dict[Any, threading.Event] = {}
 
     def get(self, key, draw: Callable[[], Any]):
-        """The page kept under key, or draw() kept and returned (drawn outside the lock: pages are slow)."""
+        """The page kept under key, or draw() kept and returned (drawn outside the lock: pages are slow).
+
+        A key another thread is drawing is waited for rather than drawn twice (the read-ahead and the
+        first request on two cores); if that drawing fails, this thread draws it itself.
+        """
         with self._lock:
             if key in self._pages:
                 self._pages.move_to_end(key)
                 return self._pages[key]
-        page = draw()
-        with self._lock:
-            self._pages[key] = page
-            while len(self._pages) > self._kept:
-                self._pages.popitem(last=False)
-        return page
+            drawing = self._drawing.get(key)
+            if drawing is None:
+                drawing = self._drawing[key] = threading.Event()
+                mine = True
+            else:
+                mine = False
+        if not mine:
+            drawing.wait()
+            return self.get(key, draw)  # kept by the other thread, or drawn (and kept) here after its failure
+        try:
+            page = draw()
+            with self._lock:
+                self._pages[key] = page
+                while len(self._pages) > self._kept:
+                    self._pages.popitem(last=False)
+            return page
+        finally:
+            with self._lock:
+                del self._drawing[key]
+            drawing.set()

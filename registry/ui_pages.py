@@ -8,7 +8,9 @@ Styles and charts are inline (SVG); nothing is fetched from elsewhere.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import html
+from pathlib import Path
 from typing import Optional
 from urllib.parse import quote
 
@@ -64,8 +66,12 @@ def outcome_text(result: Outcome, summary: RunSummary) -> str:
 
 
 def badge(result: Outcome, summary: RunSummary) -> str:
-    """An outcome as a coloured tag and its words."""
-    return f'<span class="tag {_TAG.get(result.kind, "")}">{e(result.kind)}</span> {e(outcome_text(result, summary))}'
+    """An outcome as a coloured tag and its words; a model not blessed says which threshold it missed."""
+    text = outcome_text(result, summary)
+    if result.kind == "not blessed" and summary.failures:
+        more = len(summary.failures) - 1
+        text += f": {summary.failures[0]}" + (f" (and {more} more)" if more else "")
+    return f'<span class="tag {_TAG.get(result.kind, "")}">{e(result.kind)}</span> {e(text)}'
 
 
 def span_of(executions: dict[str, NodeExecution]) -> tuple[float, float]:
@@ -231,8 +237,30 @@ def _step(title: str, *lines: str) -> str:
     return f'<div class="step"><b>{e(title)}</b>' + "".join(f"<br>{line}" for line in lines if line) + "</div>"
 
 
-def lineage_steps(record: VersionRecord, store, pipeline_name: str) -> list[str]:
-    """The chain that made a version: data -> statistics -> schema -> transform -> model -> evaluation -> push."""
+def schema_review_entry(schema_uri: str, reviews: list[dict]) -> str:
+    """The review-log approval that wrote the schema a run imported (its file's sha256 is the approval's
+    `schema_sha256_after`), in words; or why there is none."""
+    path = Path(schema_uri) / "schema.pbtxt"
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return f"{path} is not readable from here"
+    entry = next((r for r in reviews if r.get("schema_sha256_after") == digest), None)
+    if entry is None:
+        return f"no review-log approval wrote this schema (sha256 {digest[:12]})"
+    run = (entry.get("run") or {}).get("id")
+    made = f", statistics of run {run}" if run else ""
+    return (
+        f"approved {entry.get('approved_at')} by {entry.get('approved_by')}: {len(entry.get('changes', []))} "
+        f"change(s) from {entry.get('data')} ({entry.get('rows')} rows{made})"
+    )
+
+
+def lineage_steps(record: VersionRecord, store, pipeline_name: str, reviews: Optional[list[dict]] = None) -> list[str]:
+    """The chain that made a version: data -> statistics -> schema -> transform -> model -> evaluation -> push.
+
+    `reviews` are the curated schema's review-log entries (registry.ui_data.read_reviews), newest first.
+    """
     ex, s = record.executions, record.summary
     steps = []
     rows = ", ".join(f"{k} {v:,}" for k, v in sorted(s.rows.items())) if s is not None else ""
@@ -242,7 +270,9 @@ def lineage_steps(record: VersionRecord, store, pipeline_name: str) -> list[str]
         steps.append(_step("statistics", artifact_link(node.output("statistics").uri)))
     node = ex.get("ImportSchemaGen")
     if node is not None:
-        steps.append(_step("schema", e(exec_property(node, "schema_file"))))
+        schema = node.output("schema")
+        review = schema_review_entry(schema.uri, reviews or []) if schema is not None else ""
+        steps.append(_step("schema", e(exec_property(node, "schema_file")), e(review)))
     node = ex.get("Transform")
     if node is not None and node.output("transform_graph") is not None:
         steps.append(_step("transform", artifact_link(node.output("transform_graph").uri)))
@@ -272,9 +302,10 @@ def version_page(
     rollback_ok: bool,
     older: Optional[int] = None,
     known: tuple[int, ...] = (),
+    reviews: Optional[list[dict]] = None,
 ) -> str:
     """One version: its lineage, its full record (`conveyor models show`), its model card and rollback."""
-    steps = lineage_steps(record, store, config.name)
+    steps = lineage_steps(record, store, config.name, reviews)
     body = "<h2>Lineage</h2><div class='chain' id='lineage'>"
     body += "<span class='arrow'>&rarr;</span>".join(steps) + "</div>"
     if older is not None:

@@ -67,13 +67,17 @@ def _pushed_artifacts(store: metadata_store.MetadataStore) -> list[metadata_stor
 
 
 def _runs_of_artifacts(store, artifact_ids: list[int], runs_by_id) -> dict[int, metadata_store_pb2.Context]:
-    """Artifact id -> the first run (in the store's order of its events) one of its executions belongs to.
+    """Artifact id -> the run of the execution that wrote it (else of the first that read it), if in a run.
 
     Two queries and one per hundred executions, whatever the number of artifacts: their events, then the
     contexts of the executions those name.
     """
     events = store.get_events_by_artifact_ids(artifact_ids) if artifact_ids else []
     contexts_of = execution_contexts(store, [ev.execution_id for ev in events]) if events else {}
+    # The push that wrote it first: its OUTPUT event of the lowest execution id (a later run whose pusher was
+    # cached records an OUTPUT on the same artifact; servers return events in no promised order), then any.
+    outputs = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
+    events = sorted(events, key=lambda ev: (ev.type not in outputs, ev.execution_id))
     found: dict[int, metadata_store_pb2.Context] = {}
     for ev in events:
         if ev.artifact_id in found:

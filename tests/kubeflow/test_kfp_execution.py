@@ -166,6 +166,13 @@ def test_models_list_reads_the_cluster_runs_from_kfps_own_ml_metadata(cluster, t
     assert len(stats) == 3 and all(set(ex) == {"StatisticsGen", "ExampleValidator"} for _, ex, _ in stats)
     assert all(summary.rows.get("train") for _, _, summary in stats)
     assert runs_page(store, config.name, "pushed").total == 2
+    # The UI's models pages read the versions Kubeflow pushed too (into the config's kubeflow.serving_root).
+    from pipeline.config import load_config
+    from registry.ui import Registry
+
+    ui_config = load_config(str(path), output_dir=str(tmp_path / "out"), metadata=url)
+    registry = Registry(ui_config, tmp_path / "out", rollback=lambda version: (version, version))
+    assert [r.version for r in registry.versions()] == list(reversed(versions))
 
 
 def test_second_run_takes_the_new_span_warm_starts_from_the_first_model_and_compares_with_it(cluster):

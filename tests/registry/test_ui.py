@@ -559,3 +559,91 @@ def test_read_ahead_reads_every_version_and_evaluation_before_anyone_asks(privat
         evaluation = record.executions["Evaluator"].output("evaluation")
         assert from_files("metrics by slice", evaluation, lambda: pytest.fail("evaluation not read ahead"))
         from_files("validation failures", evaluation, lambda: pytest.fail("validation not read ahead"))
+
+
+def test_version_page_names_the_review_log_approval_that_wrote_its_schema(private, tmp_path):
+    """The lineage's schema step shows the approval whose schema_sha256_after is the imported schema's sha256."""
+    import hashlib
+
+    record = versions(private.output.store, private.name, private.serving_model_dir)[0]
+    schema = Path(record.executions["ImportSchemaGen"].output("schema").uri) / "schema.pbtxt"
+    digest = hashlib.sha256(schema.read_bytes()).hexdigest()
+    log = tmp_path / "reviews.jsonl"
+    entries = [
+        {"approved_by": "someone-earlier", "approved_at": "2026-01-01T00:00:00+00:00", "schema_sha256_after": "0" * 64},
+        {
+            "approved_by": "<b>data-engineer</b>",
+            "approved_at": "2026-02-02T00:00:00+00:00",
+            "data": "span 0",
+            "rows": 271,
+            "changes": [{"feature": "fare", "kind": "range", "text": "fare's range"}],
+            "run": {"id": "run-x"},
+            "schema_sha256_after": digest,
+        },
+    ]
+    log.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    with serving(private, output_dir_of(private), review_log=log) as base:
+        _, body = fetch(f"{base}/models/{record.version}")
+        lineage = body[body.index("id='lineage'") : body.index("<h2>Record")]
+        assert (
+            f"approved 2026-02-02T00:00:00+00:00 by {e('<b>data-engineer</b>')}: 1 change(s) from span 0 "
+            "(271 rows, statistics of run run-x)"
+        ) in lineage
+        assert "someone-earlier" not in lineage
+        log.write_text(json.dumps(entries[0]) + "\n")
+        _, body = fetch(f"{base}/models/{record.version}")
+        assert f"no review-log approval wrote this schema (sha256 {digest[:12]})" in body, "the log is watched"
+
+
+def test_a_version_whose_directory_lost_its_card_shows_model_card_gens_copy(private):
+    record = versions(private.output.store, private.name, private.serving_model_dir)[0]
+    card = Path(record.destination) / "assets.extra" / "model_card.html"
+    text = card.read_text(encoding="utf-8")
+    card.unlink()
+    with serving(private, output_dir_of(private)) as base:
+        _, body = fetch(f"{base}/models/{record.version}")
+    assert f'sandbox="" srcdoc="{e(text)}"' in body
+
+
+def test_pages_are_refused_to_other_host_names_and_a_rollback_from_another_origin(ui, e2e_config):
+    """DNS rebinding: a page of another site whose name resolves to 127.0.0.1 reads nothing and posts nothing."""
+    port = urllib.parse.urlsplit(ui).port
+    for host, expected in ((f"evil.example:{port}", 403), (f"localhost:{port}", 200), (f"127.0.0.1:{port}", 200)):
+        request = urllib.request.Request(f"{ui}/runs", headers={"Host": host})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                status = answer.status
+        except urllib.error.HTTPError as err:
+            status = err.code
+        assert status == expected, host
+    version = list_versions(e2e_config.serving_model_dir)[0]
+    request = urllib.request.Request(
+        f"{ui}/models/{version}/rollback", data=b"token=x", headers={"Origin": "http://evil.example"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 403 and b"own page" in refused.value.read()
+
+
+def test_runs_page_says_which_threshold_a_model_not_blessed_missed():
+    from registry.runs import Outcome
+    from registry.summary import RunSummary
+    from registry.ui_pages import badge
+
+    summary = RunSummary("r", blessed=False, failures=["auc on Overall: candidate 0.5; bound: >= 0.7", "<x>"])
+    text = badge(Outcome("not blessed", "succeeded", None, "not blessed"), summary)
+    assert "not blessed: auc on Overall: candidate 0.5; bound: &gt;= 0.7 (and 1 more)" in text
+
+
+def test_the_data_page_credits_the_run_that_computed_the_statistics_not_a_cached_one(ui, e2e_config):
+    found = runs(e2e_config.output.store, e2e_config.name)
+    newest = found[0][1]["StatisticsGen"]
+    assert newest.state == "cached", "the e2e re-run took its statistics from the cache"
+    shown = newest.output("statistics").id
+    [computed] = [
+        r.name
+        for r, ex, _ in found
+        if ex["StatisticsGen"].state == "complete" and ex["StatisticsGen"].output("statistics").id == shown
+    ]
+    _, body = fetch(f"{ui}/data")
+    assert f"computed by run {e(computed)};" in body and computed != found[0][0].name
