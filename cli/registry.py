@@ -156,7 +156,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_show(args: argparse.Namespace) -> int:
-    from registry.runs import ERROR_KEY, provenance, run_status, runs
+    from registry.runs import ERROR_KEY, run_provenance, run_status, runs
 
     config = _config(args)
     for run, executions, summary in runs(config.output.store, config.name):
@@ -164,7 +164,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
             continue
         status, failed = run_status(executions)
         print(f"status: {status}")
-        for key, value in provenance(run).items():
+        for key, value in run_provenance(run, executions).items():
             print(f"  {key}: {value}")
         if failed is not None:
             error = failed.execution.custom_properties.get(ERROR_KEY)

@@ -48,6 +48,12 @@ def card_provenance(card_gen: Optional[NodeExecution]) -> dict:
     return {k: custom_property(card, k) for k in CARD_PROVENANCE_KEYS if custom_property(card, k)}
 
 
+def run_provenance(context: metadata_store_pb2.Context, executions: dict[str, NodeExecution]) -> dict:
+    """Who ran a run and from which code: the local runner's record on the run's context, else (a run on
+    Kubeflow, whose context the pipeline cannot write) what its ModelCardGen recorded."""
+    return {**card_provenance(executions.get("ModelCardGen")), **provenance(context)}
+
+
 # The code a run executes is this project's, wherever `conveyor` was started from.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from components.pusher.publish import MODELS_CONFIG, list_versions, pinned_versions
 from registry import ui_compare, ui_data, ui_memo, ui_pages, ui_run
 from registry.lineage import open_store
-from registry.runs import OUTCOMES, one_run, provenance, runs_of_nodes, runs_page
+from registry.runs import OUTCOMES, one_run, run_provenance, runs_of_nodes, runs_page
 from registry.versions import served_version, versions
 
 MAX_FILE_BYTES = 2_000_000
@@ -290,7 +290,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         run, executions, summary = found
         if log_of is None:
-            self._send(HTTPStatus.OK, ui_run.run_page(run, executions, summary, provenance(run), output_dir))
+            self._send(
+                HTTPStatus.OK, ui_run.run_page(run, executions, summary, run_provenance(run, executions), output_dir)
+            )
         elif log_of in executions:
             self._send(HTTPStatus.OK, ui_run.log_page(run, log_of, output_dir))
         else:

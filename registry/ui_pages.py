@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from registry.lineage import NodeExecution, created_ms, format_spans, model_origin, updated_ms
 from registry.record import describe, exec_property
-from registry.runs import OUTCOMES, Outcome, outcome
+from registry.runs import OUTCOMES, Outcome, outcome, run_provenance
 from registry.summary import RunSummary
 from registry.versions import HEADLINE_METRICS, VersionRecord, headline
 
@@ -97,14 +97,14 @@ def runs_page(runs: list, selected: Optional[str], pipeline_name: str = "", pagi
         if selected and result.kind != selected:
             continue
         start, end = span_of(executions)
-        who = run.custom_properties.get("user")
-        commit = run.custom_properties.get("git_commit")
+        recorded = run_provenance(run, executions)
+        who, commit = str(recorded.get("user", "")), str(recorded.get("git_commit", ""))
         rows.append(
             f'<tr><td><a href="/runs/{quote(run.name)}">{e(run.name)}</a></td>'
             f"<td>{badge(result, summary)}</td>"
             f"<td>{e('' if summary.span is None else summary.span)}</td><td>{e(utc(start))}</td>"
-            f"<td>{e(seconds((end - start) / 1000))}</td><td>{e(who.string_value if who else '')}</td>"
-            f"<td><code>{e(commit.string_value[:12] if commit else '')}</code></td></tr>"
+            f"<td>{e(seconds((end - start) / 1000))}</td><td>{e(who)}</td>"
+            f"<td><code>{e(commit[:12])}</code></td></tr>"
         )
     head = "<tr><th>run</th><th>outcome</th><th>span</th><th>started (UTC)</th><th>duration</th><th>who</th>"
     body = f"<p>filter: <a href='/runs'>all</a> {links}</p><table id='runs'>{head}<th>commit</th></tr>"

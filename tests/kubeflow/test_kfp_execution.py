@@ -173,6 +173,14 @@ def test_models_list_reads_the_cluster_runs_from_kfps_own_ml_metadata(cluster, t
     ui_config = load_config(str(path), output_dir=str(tmp_path / "out"), metadata=url)
     registry = Registry(ui_config, tmp_path / "out", rollback=lambda version: (version, version))
     assert [r.version for r in registry.versions()] == list(reversed(versions))
+    # Who and which code: a cluster run's context holds nothing of it; its ModelCardGen recorded it.
+    from registry.ui_pages import runs_page as runs_html
+
+    oldest = listed[-1].split()[0]
+    assert main(["runs", "show", oldest, *common]) == 0
+    assert "  git_commit: 0123abc" in capsys.readouterr().out
+    page = runs_page(store, config.name)
+    assert page.total == 3 and "<code>0123abc</code>" in runs_html(page.rows, None, config.name)
 
 
 def test_second_run_takes_the_new_span_warm_starts_from_the_first_model_and_compares_with_it(cluster):
