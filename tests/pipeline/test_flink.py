@@ -85,12 +85,13 @@ def test_setup_script_without_java_says_so_in_one_line(tmp_path):
 
 
 def test_setup_script_without_maven_says_so_in_one_line(tmp_path):
-    java = engines.java()
-    if java is None:
-        pytest.skip("needs Java, which .ci/run installs")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "java").symlink_to(java)
+    # The script's Java check only runs `java -version`; this test is about the Maven check after it, so a
+    # stand-in that answers it lets the test run on any machine (the Flink test below runs the real Java).
+    java = bin_dir / "java"
+    java.write_text("#!/bin/sh\nexit 0\n")
+    java.chmod(0o755)
     env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "CONVEYOR_CACHE": str(tmp_path / "cache")}
     result = subprocess.run(["/bin/bash", str(SETUP)], env=env, capture_output=True, text=True)
     assert result.returncode == 1
