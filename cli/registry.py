@@ -61,11 +61,11 @@ def _config(args: argparse.Namespace):
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     from registry.lineage import format_spans
-    from registry.versions import headline, list_versions, served_version, versions
+    from registry.versions import cluster_model_dir, headline, list_versions, served_version, versions
 
     config = _config(args)
     model_dir = str(Path(config.output.serving_root) / (args.model or config.model_name))
-    cluster_dir = _cluster_model_dir(config, args.model)
+    cluster_dir = cluster_model_dir(config, args.model)
     records = versions(config.output.store, config.name, model_dir, cluster_dir)
     served = served_version(model_dir)
     present = set(list_versions(model_dir))
@@ -88,20 +88,14 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cluster_model_dir(config, model: str | None = None) -> str | None:
-    """The serving directory Kubeflow runs push into (the config's kubeflow.serving_root), if any."""
-    root = config.kubeflow.serving_root
-    return str(Path(root) / (model or config.model_name)) if root else None
-
-
 def cmd_models_show(args: argparse.Namespace) -> int:
     from cli.monitor import version_lines
     from registry.record import describe
-    from registry.versions import versions
+    from registry.versions import cluster_model_dir, versions
 
     config = _config(args)
     model_dir = str(Path(config.output.serving_root) / config.model_name)
-    records = {r.version: r for r in versions(config.output.store, config.name, model_dir, _cluster_model_dir(config))}
+    records = {r.version: r for r in versions(config.output.store, config.name, model_dir, cluster_model_dir(config))}
     if args.version not in records:
         known = ", ".join(map(str, sorted(records))) or "none"
         print(f"error: version {args.version} was never pushed to {model_dir} (versions: {known})", file=sys.stderr)

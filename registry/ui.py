@@ -24,10 +24,10 @@ from components.pusher.publish import MODELS_CONFIG, list_versions, pinned_versi
 from registry import ui_compare, ui_data, ui_memo, ui_pages, ui_run
 from registry.lineage import open_store
 from registry.runs import OUTCOMES, one_run, run_provenance, runs_of_nodes, runs_page
-from registry.versions import served_version, versions
+from registry.versions import cluster_model_dir, served_version, versions
 
 MAX_FILE_BYTES = 2_000_000
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
+LOOPBACK = ("127.0.0.1", "::1")  # addresses the server may be bound to
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 MAX_FORM_BYTES = 4096
 CARD = Path("assets.extra") / "model_card.html"
@@ -60,12 +60,6 @@ class Registry:
         return self.config.serving_model_dir
 
     @property
-    def cluster_model_dir(self) -> Optional[str]:
-        """Where Kubeflow runs push this model (the config's kubeflow.serving_root), as `models list` reads it."""
-        root = self.config.kubeflow.serving_root
-        return str(Path(root) / self.config.model_name) if root else None
-
-    @property
     def where(self):
         """The config's store, as registry.runs and registry.versions take it (they open it per call)."""
         return self.config.output.store
@@ -84,7 +78,7 @@ class Registry:
         """registry.versions.versions for this model, read again only when ML Metadata or the files changed."""
         return self.memo.get(
             ("versions", self.state()),
-            lambda: versions(self.where, self.config.name, self.model_dir, self.cluster_model_dir),
+            lambda: versions(self.where, self.config.name, self.model_dir, cluster_model_dir(self.config)),
         )
 
     def read_ahead(self) -> tuple[int, int]:

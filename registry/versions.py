@@ -88,6 +88,12 @@ def _runs_of_artifacts(store, artifact_ids: list[int], runs_by_id) -> dict[int, 
     return found
 
 
+def cluster_model_dir(config, model: Optional[str] = None) -> Optional[str]:
+    """Where Kubeflow runs push a model (the config's kubeflow.serving_root), if the config names one."""
+    root = config.kubeflow.serving_root
+    return str(Path(root) / (model or config.model_name)) if root else None
+
+
 def versions(
     store: str | MetadataStore, pipeline_name: str, model_dir: str, cluster_model_dir: Optional[str] = None
 ) -> list[VersionRecord]:
