@@ -192,6 +192,8 @@ class PipelineConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     beam_args: tuple[str, ...] = ()
+    # The Evaluator's own Beam arguments, after beam_args (the local runner sets them: runner.evaluator_beam_args).
+    evaluator_beam_args: tuple[str, ...] = ()
     kubeflow: KubeflowConfig = field(default_factory=KubeflowConfig)
     source: Optional[str] = None
     predict: Optional[Any] = None  # `predict:`, a pipeline.config_predict.PredictConfig: what BatchPredict scores

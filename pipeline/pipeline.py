@@ -290,6 +290,8 @@ def _model_nodes(config: PipelineConfig, example_gen, statistics_gen, import_sch
         baseline_model=latest_blessed.outputs["model"],
         eval_config=eval_config(config.label, config.evaluation, config.task, config.classes),
     )
+    if config.evaluator_beam_args:
+        evaluator.with_beam_pipeline_args(list(config.evaluator_beam_args))
     pusher = SafePusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],

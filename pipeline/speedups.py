@@ -22,6 +22,9 @@ from __future__ import annotations
 import logging
 
 NO_SIDE_INPUT_CACHE_ARG = "--max_cache_memory_usage_mb=0"
+# DirectRunner worker processes import the module a --beam_plugins flag names before any work: this one
+# installs TFMA's per-example fast path (pipeline/speedups_tfma.py) on import.
+TFMA_PLUGIN_ARG = "--beam_plugins=pipeline.speedups_tfma"
 
 
 def apply() -> None:

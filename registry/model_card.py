@@ -27,7 +27,7 @@ CARD_DIR = "assets.extra"
 HTML_NAME = "model_card.html"
 MD_NAME = "model_card.md"
 DECISION_THRESHOLD = 0.5
-MAX_EXAMPLES = 5000
+SAMPLE_SIZE = 5000  # evaluation examples behind the charts and permutation importance
 TOP_FEATURES = 10
 
 
@@ -37,14 +37,45 @@ class Scored:
     scores: np.ndarray
 
 
-def _eval_examples(examples_uri: str, limit: int = MAX_EXAMPLES) -> list[bytes]:
+def eval_sample(examples_uri: str, size: int = SAMPLE_SIZE) -> tuple[list[bytes], int]:
+    """(a fixed sample of at most `size` evaluation examples, how many the evaluation split holds).
+
+    The sample is the `size` examples of smallest 64-bit fingerprint (TensorFlow's FarmHash of the
+    serialized example), in fingerprint order: a uniform sample over the whole split that is the
+    same whatever order the files are read in, and the same for every version trained on the same
+    data, so cards compare. The first examples of the split would come from the start of the data
+    only (ExampleGen writes each range of a file to its own files).
+    """
     import tensorflow as tf
 
     from components.examples import record_compression
 
-    files = tf.io.gfile.glob(os.path.join(examples_uri, "Split-eval", "*"))
-    return list(
-        tf.data.TFRecordDataset(files, compression_type=record_compression(files)).take(limit).as_numpy_iterator()
+    files = sorted(tf.io.gfile.glob(os.path.join(examples_uri, "Split-eval", "*")))
+    kept_records, kept_hashes, total = np.array([], dtype=object), np.array([], dtype=np.int64), 0
+    dataset = tf.data.TFRecordDataset(files, compression_type=record_compression(files)).batch(16384)
+    for batch in dataset:
+        records = np.concatenate([kept_records, batch.numpy().astype(object)])
+        hashes = np.concatenate([kept_hashes, tf.strings.to_hash_bucket_fast(batch, 2**63 - 1).numpy()])
+        total += int(batch.shape[0])
+        if len(hashes) > size:
+            keep = np.argpartition(hashes, size - 1)[:size]
+            records, hashes = records[keep], hashes[keep]
+        kept_records, kept_hashes = records, hashes
+    return [bytes(r) for _, r in sorted(zip(kept_hashes.tolist(), kept_records.tolist(), strict=True))], total
+
+
+def sample_sentence(labelled: int, sampled: int, total: int) -> str:
+    """What the card's charts and permutation importance were computed on, in the card's words."""
+    if sampled < total:
+        where = f"a fixed sample of {sampled:,} of the {total:,} evaluation examples"
+        where += " (the same for every version on the same data)"
+    else:
+        where = f"all {total:,} evaluation examples"
+    if labelled < sampled:
+        where += f", {labelled:,} of them with a label"
+    return (
+        f"The curves, the headline figure and permutation importance are computed on {where}; "
+        "the metrics by slice are TFMA's, on the whole evaluation split."
     )
 
 
@@ -467,12 +498,14 @@ def render_card(
     lines = describe(record, model_name)
     label, features, task, classes = trained_with
     headline = HEADLINES[task]
-    records = _eval_examples(ex["CsvExampleGen"].output("examples").uri)
+    records, total = eval_sample(ex["CsvExampleGen"].output("examples").uri)
     model = tf.saved_model.load(str(version_dir))
     labels = _labels(model, records, label, task)
     keep = ~np.isnan(labels)
+    sampled = len(records)
     records = [r for r, k in zip(records, keep, strict=True) if k]
     labels = labels[keep]
+    sample = sample_sentence(len(labels), sampled, total)
     serve = model.signatures["serving_default"]
     scores = _score(serve, records, task)
     base, importance = permutation_importance(serve, records, labels, [f.name for f in features], task)
@@ -520,7 +553,8 @@ figcaption {{ font-size: 12px; color: #555; text-align: center; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 3px 8px; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>{described}; {len(labels):,} evaluation examples; {headline.name} {base:.4f}.</p>
+<p>{described}; {headline.name} {base:.4f}.</p>
+<p>{html.escape(sample)}</p>
 <h2>Evaluation</h2>
 {body}
 <h2>Permutation importance (top {TOP_FEATURES})</h2>
@@ -531,7 +565,7 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding
 """
     image_dir = out_dir / "model_card_images"
     image_dir.mkdir(exist_ok=True)
-    md = [f"# {title}", "", f"{headline.name} {base:.4f} on {len(labels):,} evaluation examples.", ""]
+    md = [f"# {title}", "", f"{headline.name} {base:.4f}.", "", sample, ""]
     for t, png in images.items():
         name = t.lower().replace(" ", "_").replace(":", "") + ".png"
         _atomic_write(image_dir / name, png)

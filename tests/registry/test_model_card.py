@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from registry.model_card import confusion, pr_curve, roc_curve
+from registry.model_card import SAMPLE_SIZE, confusion, eval_sample, pr_curve, roc_curve, sample_sentence
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -27,6 +27,47 @@ def test_curves_on_known_scores():
     assert confusion(labels, scores).tolist() == [[2, 1], [0, 3]]
 
 
+def _write_split(root: Path, records: list[bytes], files: int) -> str:
+    import tensorflow as tf
+
+    split = root / "Split-eval"
+    split.mkdir(parents=True)
+    for i in range(files):
+        with tf.io.TFRecordWriter(str(split / f"data-{i:02d}.tfrecord")) as w:
+            for record in records[i::files]:
+                w.write(record)
+    return str(root)
+
+
+def test_the_card_sample_is_the_smallest_fingerprints_whatever_the_file_order(tmp_path):
+    """The card's sample spans the whole split (not its first file), and is the same however the
+    examples are spread over files: the `size` smallest FarmHash fingerprints, in that order."""
+    import tensorflow as tf
+
+    records = [
+        tf.train.Example(
+            features=tf.train.Features(feature={"x": tf.train.Feature(int64_list=tf.train.Int64List(value=[i]))})
+        ).SerializeToString()
+        for i in range(200)
+    ]
+    fingerprints = tf.strings.to_hash_bucket_fast(records, 2**63 - 1).numpy().tolist()
+    expected = [r for _, r in sorted(zip(fingerprints, records, strict=True))][:30]
+    one, total = eval_sample(_write_split(tmp_path / "a", records, 1), size=30)
+    spread, total_spread = eval_sample(_write_split(tmp_path / "b", records[::-1], 7), size=30)
+    assert total == total_spread == 200
+    assert one == spread == expected
+    picked = {tf.train.Example.FromString(r).features.feature["x"].int64_list.value[0] for r in one}
+    assert max(picked) > 100, "drawn from the whole split, not its start"
+    everything, _ = eval_sample(_write_split(tmp_path / "c", records, 3), size=500)
+    assert sorted(everything) == sorted(records)
+    assert SAMPLE_SIZE == 5000
+
+
+def test_the_card_states_what_its_sample_is():
+    assert "a fixed sample of 5,000 of the 100,000 evaluation examples" in sample_sentence(5000, 5000, 100000)
+    assert "all 300 evaluation examples, 290 of them with a label" in sample_sentence(290, 300, 300)
+
+
 @pytest.fixture(scope="module")
 def card(two_runs):
     first = two_runs[0]
@@ -35,7 +76,7 @@ def card(two_runs):
 
 
 @pytest.mark.e2e
-def test_card_is_in_assets_extra_with_decodable_charts_and_the_record(card, two_runs):
+def test_card_is_in_assets_extra_with_decodable_charts_and_the_record(card, two_runs, e2e_config):
     _, versions, _, _ = two_runs
     assert card.parent.name == "assets.extra" and card.parent.parent.name == str(versions[0])
     page = card.read_text()
@@ -54,10 +95,27 @@ def test_card_is_in_assets_extra_with_decodable_charts_and_the_record(card, two_
         picture = Image.open(io.BytesIO(base64.b64decode(data)))
         assert picture.format == "PNG" and picture.size[0] > 200 and picture.size[1] > 100
     assert "git commit: " in page and "thresholds (overall slice)" in page
+    evaluated = int(re.search(r"computed on all ([\d,]+) evaluation examples", page).group(1).replace(",", ""))
+    assert evaluated == _eval_records(e2e_config), "the fixture's split is smaller than the sample: all of it"
     assert "<script" not in page and "http://" not in page and "https://" not in page, "opens offline"
     markdown = (card.parent / "model_card.md").read_text()
     assert "## Permutation importance" in markdown and "](model_card_images/roc_curve.png)" in markdown
     assert (card.parent / "model_card_images" / "roc_curve.png").is_file()
+
+
+def _eval_records(config) -> int:
+    """Examples in the first run's evaluation split, counted through TensorFlow's reader."""
+    import tensorflow as tf
+
+    from registry.lineage import open_store, pipeline_runs, run_executions
+
+    store = open_store(config.output.store)
+    run = pipeline_runs(store, config.name)[0]
+    uri = run_executions(store, run, config.name)["CsvExampleGen"].output("examples").uri
+    from components.examples import record_compression
+
+    files = tf.io.gfile.glob(f"{uri}/Split-eval/*")
+    return sum(1 for _ in tf.data.TFRecordDataset(files, compression_type=record_compression(files)))
 
 
 @pytest.mark.e2e
