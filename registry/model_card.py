@@ -51,17 +51,16 @@ def eval_sample(examples_uri: str, size: int = SAMPLE_SIZE) -> tuple[list[bytes]
     from components.examples import record_compression
 
     files = sorted(tf.io.gfile.glob(os.path.join(examples_uri, "Split-eval", "*")))
-    kept_records, kept_hashes, total = np.array([], dtype=object), np.array([], dtype=np.int64), 0
-    dataset = tf.data.TFRecordDataset(files, compression_type=record_compression(files)).batch(16384)
-    for batch in dataset:
-        records = np.concatenate([kept_records, batch.numpy().astype(object)])
-        hashes = np.concatenate([kept_hashes, tf.strings.to_hash_bucket_fast(batch, 2**63 - 1).numpy()])
+    kept: list[tuple[int, bytes]] = []  # (fingerprint, record), the `size` smallest so far
+    total = 0
+    for batch in tf.data.TFRecordDataset(files, compression_type=record_compression(files)).batch(16384):
         total += int(batch.shape[0])
-        if len(hashes) > size:
-            keep = np.argpartition(hashes, size - 1)[:size]
-            records, hashes = records[keep], hashes[keep]
-        kept_records, kept_hashes = records, hashes
-    return [bytes(r) for _, r in sorted(zip(kept_hashes.tolist(), kept_records.tolist(), strict=True))], total
+        hashes = tf.strings.to_hash_bucket_fast(batch, 2**63 - 1)
+        if len(kept) >= size:  # only what could enter the sample leaves TensorFlow
+            below = hashes < kept[-1][0]
+            batch, hashes = tf.boolean_mask(batch, below), tf.boolean_mask(hashes, below)
+        kept = sorted(kept + list(zip(hashes.numpy().tolist(), batch.numpy().tolist(), strict=True)))[:size]
+    return [record for _, record in kept], total
 
 
 def sample_sentence(labelled: int, sampled: int, total: int) -> str:
